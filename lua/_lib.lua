@@ -1,0 +1,274 @@
+--[[
+  _lib.lua — helpers shared by every onhand script.
+
+  onhand.engine.scripts prepends this file to each script's body (after the script's
+  own `#!lua` line), so every function here is a local of that script. Nothing here
+  writes on its own; the writers (rec_change, resolve) are called only after a
+  script has checked every precondition.
+
+  Conventions
+    * Every argument arrives as a string and is validated as a string *before* any
+      tonumber (Lua's tonumber accepts 'nan', '0x10', '1e3', ' 7 ').
+    * A failed check calls reject(code, ...), which unwinds to the script's pcall
+      wrapper and becomes the reply {code, now_ms, ...}. Checks run before the first
+      write, so a rejected call changes nothing (Lua does not roll back).
+    * Integers are written and returned as decimal strings ('%d'); no counter ever
+      exceeds MAX_STOCK = 2^53 - 1, where Lua numbers are still exact.
+    * Key names are never composed here: they come from KEYS or from data that the
+      Python key builder wrote.
+]]
+
+local MAX_QTY = 1000000000
+local MAX_STOCK = 9007199254740991
+local MAX_TTL_MS = 86400000
+local NOW = 0
+local NOWS = '0'
+
+local function reject(...)
+  error({...}, 0)
+end
+
+local function fmt(n)
+  return string.format('%d', n)
+end
+
+local function int_of(s, lo, hi, what)
+  if type(s) ~= 'string' or #s == 0 or #s > 17 or not string.find(s, '^%-?[0-9]+$')
+      or string.find(s, '^%-?0[0-9]') or s == '-0' then
+    reject('BADARG', what)
+  end
+  local n = tonumber(s)
+  if not (n and n >= lo and n <= hi) then
+    reject('BADARG', what)
+  end
+  return n
+end
+
+local function arg_int(i, lo, hi)
+  return int_of(ARGV[i], lo, hi, fmt(i))
+end
+
+local function arg_id(i)
+  local s = ARGV[i]
+  if type(s) ~= 'string' or #s < 1 or #s > 64 or string.find(s, '[^A-Za-z0-9%._%-]') then
+    reject('BADARG', fmt(i))
+  end
+  return s
+end
+
+local function arg_opt_id(i)
+  if ARGV[i] == '' then return '' end
+  return arg_id(i)
+end
+
+local function arg_text(i)
+  local s = ARGV[i]
+  if type(s) ~= 'string' or #s > 128 or string.find(s, '[^\32-\126]') then
+    reject('BADARG', fmt(i))
+  end
+  return s
+end
+
+local function arg_flag(i)
+  local s = ARGV[i]
+  if s ~= '0' and s ~= '1' then reject('BADARG', fmt(i)) end
+  return s == '1'
+end
+
+-- ARGV[1]: '0' = use the Redis server clock; otherwise a fixed time (tests only).
+local function start_clock()
+  if ARGV[1] == '0' then
+    local t = redis.call('TIME')
+    NOW = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  else
+    NOW = int_of(ARGV[1], 1, MAX_STOCK, '1')
+  end
+  NOWS = fmt(NOW)
+end
+
+local function want_type(key, kind)
+  local got = redis.call('TYPE', key)['ok']
+  if got ~= 'none' and got ~= kind then reject('WRONGTYPE') end
+end
+
+local function num(v)
+  if v then return tonumber(v) end
+  return 0
+end
+
+local RECS = {}
+local function rec_load(key)
+  local r = RECS[key]
+  if r then return r end
+  local v = redis.call('HMGET', key, 'on', 'he', 'co', 'ss', 'v', 'low')
+  r = {key = key, on = num(v[1]), he = num(v[2]), co = num(v[3]), ss = num(v[4]),
+       v = num(v[5]), low = (v[6] == '1')}
+  RECS[key] = r
+  return r
+end
+
+local function avail(r)
+  return r.on - r.he - r.co - r.ss
+end
+
+local SKUS = {}
+local POLICY_FIELDS = {'bo', 'po', 'prel', 'rp', 'rq', 'lt', 'mlq'}
+local function sku_load(key)
+  local s = SKUS[key]
+  if s then return s end
+  local v = redis.call('HMGET', key, 'bo', 'po', 'prel', 'rp', 'rq', 'lt', 'mlq', 'pv', 'bey')
+  s = {key = key, bo = num(v[1]), po = num(v[2]), prel = num(v[3]), rp = num(v[4]),
+       rq = num(v[5]), lt = num(v[6]), mlq = v[7] and tonumber(v[7]) or MAX_QTY,
+       pv = num(v[8]), bey = num(v[9])}
+  SKUS[key] = s
+  return s
+end
+
+-- Units the SKU may still promise beyond sellable stock now.
+local function allowance(s)
+  local limit = s.bo
+  if s.po > 0 and NOW < s.prel then limit = s.po end
+  return math.max(0, limit - s.bey)
+end
+
+local function emit(stream, f)
+  redis.call('XADD', stream, '*', unpack(f))
+end
+
+-- Apply one change to a loaded record and append its event (plus low_stock on the
+-- downward edge). c = {etype, sku, wh, stream, don, dhe, dco, ss (new or nil),
+-- whs (set key or nil), extra = flat list of extra event fields}.
+local function rec_change(r, s, c)
+  local before = avail(r)
+  r.on = r.on + (c.don or 0)
+  r.he = r.he + (c.dhe or 0)
+  r.co = r.co + (c.dco or 0)
+  if c.ss then r.ss = c.ss end
+  r.v = r.v + 1
+  local after = avail(r)
+  local low = after < s.rp
+  local dbey = math.max(0, -after) - math.max(0, -before)
+  if dbey ~= 0 then
+    s.bey = s.bey + dbey
+    redis.call('HSET', s.key, 'bey', fmt(s.bey))
+  end
+  redis.call('HSET', r.key, 'on', fmt(r.on), 'he', fmt(r.he), 'co', fmt(r.co),
+             'ss', fmt(r.ss), 'v', fmt(r.v), 'low', low and '1' or '0')
+  if c.whs then redis.call('SADD', c.whs, c.wh) end
+  local vs = fmt(r.v)
+  local f = {'id', 's:' .. c.sku .. ':' .. c.wh .. ':' .. vs, 't', c.etype, 'ts', NOWS,
+             'sku', c.sku, 'wh', c.wh}
+  if (c.don or 0) ~= 0 then f[#f + 1] = 'don'; f[#f + 1] = fmt(c.don) end
+  if (c.dhe or 0) ~= 0 then f[#f + 1] = 'dhe'; f[#f + 1] = fmt(c.dhe) end
+  if (c.dco or 0) ~= 0 then f[#f + 1] = 'dco'; f[#f + 1] = fmt(c.dco) end
+  local levels = {'on', fmt(r.on), 'he', fmt(r.he), 'co', fmt(r.co), 'ss', fmt(r.ss),
+                  'v', vs, 'low', low and '1' or '0', 'bey', fmt(s.bey)}
+  for i = 1, #levels do f[#f + 1] = levels[i] end
+  if c.extra then
+    for i = 1, #c.extra, 2 do
+      if c.extra[i + 1] ~= '' then
+        f[#f + 1] = c.extra[i]; f[#f + 1] = c.extra[i + 1]
+      end
+    end
+  end
+  emit(c.stream, f)
+  if low and not r.low then
+    local g = {'id', 'l:' .. c.sku .. ':' .. c.wh .. ':' .. vs, 't', 'low_stock', 'ts', NOWS,
+               'sku', c.sku, 'wh', c.wh}
+    for i = 1, #levels do g[#g + 1] = levels[i] end
+    emit(c.stream, g)
+  end
+  r.low = low
+end
+
+-- A range check of a counter's new value, for use before any write.
+local function within(n)
+  return n >= 0 and n <= MAX_STOCK
+end
+
+------------------------------------------------------------------ reservations
+-- Header fields: id st fp own cr dl cap nx up al dk ek
+--   al: JSON list of allocations {l=line, s=sku, w=wh, q=qty, k=stock key,
+--       g=sku key, h=holds key, e=stream key}
+local function header_load(hk)
+  local v = redis.call('HMGET', hk, 'id', 'st', 'fp', 'own', 'cr', 'dl', 'cap', 'nx', 'al',
+                       'dk', 'ek')
+  if not v[2] then return nil end
+  return {key = hk, id = v[1], st = v[2], fp = v[3], own = v[4] or '', cr = v[5],
+          dl = tonumber(v[6]), cap = tonumber(v[7]), nx = tonumber(v[8]), al = v[9],
+          allocs = cjson.decode(v[9]), dk = v[10], ek = v[11]}
+end
+
+local function view(code, h)
+  return {code, NOWS, h.st, h.cr, fmt(h.dl), h.own, h.al}
+end
+
+-- Load (and so type-check) everything resolving h will write, before writing.
+local function resolve_check(h)
+  for _, a in ipairs(h.allocs) do
+    rec_load(a.k)
+    sku_load(a.g)
+    want_type(a.e, 'stream')
+    want_type(a.h, 'zset')
+  end
+  want_type(h.dk, 'zset')
+end
+
+local RESOLVE_DELTAS = {
+  confirmed = function(q) return 0, -q, q end,
+  released = function(q) return 0, -q, 0 end,
+  expired = function(q) return 0, -q, 0 end,
+  fulfilled = function(q) return -q, 0, -q end,
+  cancelled = function(q) return 0, 0, -q end,
+}
+local UNHOLDS = {confirmed = true, released = true, expired = true}
+local TERMINAL = {released = true, expired = true, fulfilled = true, cancelled = true}
+
+-- Move reservation h to status st (an event per allocation). retention_ms: how long
+-- a terminal header is kept for idempotent repeats. Call after resolve_check(h).
+local function resolve(h, st, actor, retention_ms)
+  local deltas = RESOLVE_DELTAS[st]
+  for _, a in ipairs(h.allocs) do
+    local don, dhe, dco = deltas(a.q)
+    rec_change(rec_load(a.k), sku_load(a.g), {
+      etype = st, sku = a.s, wh = a.w, stream = a.e, don = don, dhe = dhe, dco = dco,
+      extra = {'res', h.id, 'ln', fmt(a.l), 'act', actor}})
+    if UNHOLDS[st] then redis.call('ZREM', a.h, h.key) end
+  end
+  if UNHOLDS[st] then redis.call('ZREM', h.dk, h.key) end
+  h.st = st
+  redis.call('HSET', h.key, 'st', st, 'up', NOWS)
+  if TERMINAL[st] then redis.call('PEXPIRE', h.key, retention_ms) end
+end
+
+-- Expire up to `limit` overdue pending reservations listed in zset `zkey`.
+local function expire_from(zkey, limit, retention_ms)
+  local due = redis.call('ZRANGEBYSCORE', zkey, '-inf', NOWS, 'LIMIT', 0, limit)
+  local n = 0
+  for _, hk in ipairs(due) do
+    local h = header_load(hk)
+    if h and h.st == 'pending' and h.dl <= NOW then
+      resolve_check(h)
+      resolve(h, 'expired', '', retention_ms)
+      n = n + 1
+    elseif h and h.st == 'pending' then
+      redis.call('ZADD', zkey, h.dl, hk)  -- index behind the header: repair, keep
+    else
+      redis.call('ZREM', zkey, hk)        -- resolved or purged: drop the stale entry
+    end
+  end
+  return n
+end
+
+-- Runs main() and turns reject(...) into the reply {code, now_ms, ...}.
+local function run(main)
+  local ok, res = pcall(main)
+  if ok then return res end
+  if type(res) == 'table' and res.err then return redis.error_reply(res.err) end
+  if type(res) == 'table' then
+    local out = {res[1], NOWS}
+    for i = 2, #res do out[#out + 1] = res[i] end
+    return out
+  end
+  return redis.error_reply(tostring(res))
+end

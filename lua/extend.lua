@@ -1,0 +1,46 @@
+#!lua
+--[[
+  extend — move a pending hold's deadline to now + ttl_ms, capped at its creation time
+  plus the maximum hold lifetime; a deadline never moves earlier.
+
+  KEYS[1]  reservation header
+  ARGV[1]  clock_ms ('0' = Redis server time)   ARGV[2]  retention_ms
+  ARGV[3]  ttl_ms (1..86400000)                 ARGV[4]  actor (free text)
+
+  Returns {'OK', now_ms, status, created_ms, deadline_ms, owner, allocations_json}
+          {'REPLAY', ...same...}   the deadline would not move; nothing changed
+  {'NOTFOUND', now_ms}   {'STATE', now_ms, status}   {'BADARG', now_ms, i}   {'WRONGTYPE', now_ms}
+  An overdue pending hold is expired instead, answering {'STATE', now_ms, 'expired'}.
+  Emits one `extended` event (id x:<reservation>:<n>) to the reservation's partition.
+]]
+
+local function main()
+  start_clock()
+  local retention = arg_int(2, 1, MAX_STOCK)
+  local ttl = arg_int(3, 1, MAX_TTL_MS)
+  local actor = arg_text(4)
+  local h = header_load(KEYS[1])
+  if not h then reject('NOTFOUND') end
+  if h.st ~= 'pending' then reject('STATE', h.st) end
+  resolve_check(h)
+  want_type(h.ek, 'stream')
+  if h.dl <= NOW then
+    resolve(h, 'expired', '', retention)
+    return {'STATE', NOWS, 'expired'}
+  end
+  local deadline = math.max(h.dl, math.min(NOW + ttl, h.cap))
+  if deadline == h.dl then return view('REPLAY', h) end
+  local n = h.nx + 1
+  local dls = fmt(deadline)
+  redis.call('HSET', h.key, 'dl', dls, 'nx', fmt(n), 'up', NOWS)
+  redis.call('ZADD', h.dk, deadline, h.key)
+  for _, a in ipairs(h.allocs) do redis.call('ZADD', a.h, deadline, h.key) end
+  local f = {'id', 'x:' .. h.id .. ':' .. fmt(n), 't', 'extended', 'ts', NOWS,
+             'res', h.id, 'dl', dls, 'v', fmt(n)}
+  if actor ~= '' then f[#f + 1] = 'act'; f[#f + 1] = actor end
+  emit(h.ek, f)
+  h.dl = deadline
+  return view('OK', h)
+end
+
+return run(main)

@@ -1,0 +1,52 @@
+"""onhand: a Redis-first inventory reservation engine.
+
+Importing this package opens nothing and reads no settings.
+"""
+
+from onhand.domain import (
+    Allocation,
+    Line,
+    Reservation,
+    ReservationStatus,
+    ReserveRequest,
+    SkuAvailability,
+    SkuPolicy,
+    StockLevel,
+)
+from onhand.errors import (
+    EngineUnavailable,
+    IdempotencyConflict,
+    InsufficientStock,
+    InvalidInput,
+    InvalidTransition,
+    LineLimitExceeded,
+    NotEnoughOnHand,
+    OnhandError,
+    ReservationNotFound,
+    Shortfall,
+    StockLimitExceeded,
+    VersionConflict,
+)
+
+__all__ = [
+    "Allocation",
+    "EngineUnavailable",
+    "IdempotencyConflict",
+    "InsufficientStock",
+    "InvalidInput",
+    "InvalidTransition",
+    "Line",
+    "LineLimitExceeded",
+    "NotEnoughOnHand",
+    "OnhandError",
+    "Reservation",
+    "ReservationNotFound",
+    "ReservationStatus",
+    "ReserveRequest",
+    "Shortfall",
+    "SkuAvailability",
+    "SkuPolicy",
+    "StockLevel",
+    "StockLimitExceeded",
+    "VersionConflict",
+]

@@ -1,0 +1,459 @@
+"""The Redis engine: every stock change is one Lua script, run atomically in Redis.
+
+Python validates arguments (as the scripts do again), builds every key through
+:class:`onhand.keys.Keys`, calls the script and turns its reply code into a result or
+an :mod:`onhand.errors` exception. Python never reads a counter to write it back.
+
+Retries: Redis errors are translated into :class:`EngineUnavailable` at this boundary.
+Operations whose repetition is harmless (``reserve`` by its id, the reservation
+transitions, ``expire_due``, ``set_policy``, ``set_safety_stock``) are retried here once
+after a connection error or timeout, since the first attempt may or may not have run;
+``receive``, ``adjust`` and ``transfer`` are not (a retry could apply them twice) and
+surface the error for the caller's own idempotency layer. Build the client with
+:func:`connect` so that redis-py does not retry them blindly either.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+
+from redis.asyncio import Redis
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from onhand.domain import (
+    ADJUST_REASONS,
+    MAX_QTY,
+    MAX_STOCK,
+    MAX_TTL_MS,
+    Allocation,
+    Reservation,
+    ReservationStatus,
+    ReserveRequest,
+    SkuAvailability,
+    SkuPolicy,
+    StockLevel,
+    check_id,
+    check_int,
+    check_text,
+)
+from onhand.engine.base import DEFAULT_MAX_HOLD_LIFETIME_MS, StockEngine
+from onhand.engine.scripts import Scripts
+from onhand.engine.snapshot import read_events, read_state
+from onhand.errors import (
+    EngineFault,
+    EngineUnavailable,
+    IdempotencyConflict,
+    InsufficientStock,
+    InvalidInput,
+    InvalidTransition,
+    LineLimitExceeded,
+    NotEnoughOnHand,
+    OnhandError,
+    ReservationNotFound,
+    Shortfall,
+    StockLimitExceeded,
+    VersionConflict,
+)
+from onhand.events import Event
+from onhand.keys import Keys
+from onhand.state import State
+
+__all__ = ["DEFAULT_RETENTION_MS", "RedisEngine", "connect"]
+
+DEFAULT_RETENTION_MS = 24 * 60 * 60 * 1000
+"""Resolved reservations are kept this long (24 h) so repeats stay idempotent."""
+_OK = ("OK", "REPLAY")
+
+
+def connect(url: str, **kwargs: object) -> Redis:
+    """A client for the engine: no blind retries (the engine retries what is safe)."""
+    return Redis.from_url(url, retry=Retry(NoBackoff(), 0), **kwargs)  # type: ignore[arg-type]
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _level(sku: str, warehouse: str, values: Sequence[str]) -> StockLevel:
+    on, he, co, ss, v = (int(x) for x in values[:5])
+    return StockLevel(sku, warehouse, on, he, co, ss, v, values[5] == "1")
+
+
+class RedisEngine(StockEngine):
+    """:class:`StockEngine` over Redis. Scripts are registered at construction (no I/O).
+
+    ``clock``: ``None`` (production) makes every script read the Redis server clock;
+    a :class:`~onhand.engine.base.ManualClock` fixes the time instead (tests only).
+    """
+
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        namespace: str = "onhand",
+        partitions: int = 16,
+        clock: Callable[[], int] | None = None,
+        max_hold_lifetime_ms: int = DEFAULT_MAX_HOLD_LIFETIME_MS,
+        retention_ms: int = DEFAULT_RETENTION_MS,
+    ) -> None:
+        self.client = client
+        self.keys = Keys(namespace, partitions)
+        self._scripts = Scripts(client)
+        self._clock = clock
+        self._max_lifetime_ms = check_int(
+            "max_hold_lifetime_ms", max_hold_lifetime_ms, 1, MAX_STOCK
+        )
+        self._retention = str(check_int("retention_ms", retention_ms, 1, MAX_STOCK))
+
+    # -- calling scripts -----------------------------------------------------------------
+    def _now_arg(self) -> str:
+        return "0" if self._clock is None else str(self._clock())
+
+    async def _run(
+        self, name: str, keys: list[str], args: list[str], *, retry: bool
+    ) -> tuple[str, int, list[str], bool]:
+        """Run a script; returns (code, at_ms, payload, retried)."""
+        attempts = 2 if retry else 1
+        for attempt in range(attempts):
+            try:
+                reply = await self._scripts[name](keys=keys, args=[self._now_arg(), *args])
+                break
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                if attempt + 1 == attempts:
+                    raise EngineUnavailable(f"{name}: {exc}") from exc
+            except ResponseError as exc:
+                if "WRONGTYPE" in str(exc) or "OOM" in str(exc):
+                    raise EngineFault(f"{name}: {exc}") from exc
+                raise EngineUnavailable(f"{name}: {exc}") from exc
+            except RedisError as exc:
+                raise EngineUnavailable(f"{name}: {exc}") from exc
+        values = [_text(v) for v in reply]
+        code, at_ms = values[0], int(values[1])
+        if code == "BADARG":
+            raise InvalidInput(f"argv[{values[2]}]", "rejected by the script", at_ms=at_ms)
+        if code == "WRONGTYPE":
+            raise EngineFault(f"{name}: a key has an unexpected type; nothing changed", at_ms=at_ms)
+        return code, at_ms, values[2:], attempt > 0
+
+    def _record_args(self, sku: str, warehouse: str) -> list[str]:
+        k = self.keys
+        return [k.stock(sku, warehouse), k.sku(sku), k.warehouses(sku), k.sku_stream(sku)]
+
+    async def _stock_op(
+        self, name: str, sku: str, warehouse: str, args: list[str], *, retry: bool = False
+    ) -> StockLevel:
+        code, at, out, _ = await self._run(
+            name, self._record_args(sku, warehouse), [sku, warehouse, *args], retry=retry
+        )
+        if code == "OK":
+            return _level(sku, warehouse, out)
+        if code == "LIMIT":
+            raise StockLimitExceeded(sku, warehouse, at_ms=at)
+        if code == "NEGATIVE":
+            raise InvalidInput("delta", "would take on_hand below zero", at_ms=at)
+        if code == "VERSION":
+            raise VersionConflict(sku, warehouse, int(args[1]), int(out[0]), at_ms=at)
+        raise OnhandError(f"{name}: unexpected reply {code}", at_ms=at)
+
+    # -- stock operations ----------------------------------------------------------------
+    async def receive(
+        self, sku: str, warehouse: str, qty: int, *, reference: str = "", actor: str = ""
+    ) -> StockLevel:
+        check_id("sku", sku), check_id("warehouse", warehouse)
+        check_int("qty", qty, 1, MAX_QTY), check_text("reference", reference)
+        check_text("actor", actor)
+        return await self._stock_op("receive", sku, warehouse, [str(qty), reference, actor])
+
+    async def adjust(
+        self,
+        sku: str,
+        warehouse: str,
+        delta: int,
+        *,
+        reason: str,
+        reference: str = "",
+        actor: str = "",
+    ) -> StockLevel:
+        check_id("sku", sku), check_id("warehouse", warehouse)
+        check_int("delta", delta, -MAX_QTY, MAX_QTY)
+        check_text("reference", reference), check_text("actor", actor)
+        if reason not in ADJUST_REASONS:
+            raise InvalidInput("reason", f"must be one of {sorted(ADJUST_REASONS)}")
+        if delta == 0 or delta * ADJUST_REASONS[reason] < 0:
+            raise InvalidInput("delta", f"must be non-zero and fit the reason {reason!r}")
+        return await self._stock_op(
+            "adjust", sku, warehouse, [str(delta), reason, reference, actor]
+        )
+
+    async def set_count(
+        self,
+        sku: str,
+        warehouse: str,
+        count: int,
+        *,
+        expected_version: int,
+        reference: str = "",
+        actor: str = "",
+    ) -> StockLevel:
+        check_id("sku", sku), check_id("warehouse", warehouse)
+        check_int("count", count, 0, MAX_STOCK)
+        check_int("expected_version", expected_version, 0, MAX_STOCK)
+        check_text("reference", reference), check_text("actor", actor)
+        return await self._stock_op(
+            "set_count", sku, warehouse, [str(count), str(expected_version), reference, actor]
+        )
+
+    async def transfer(
+        self,
+        sku: str,
+        source: str,
+        destination: str,
+        qty: int,
+        *,
+        reference: str = "",
+        actor: str = "",
+    ) -> tuple[StockLevel, StockLevel]:
+        check_id("sku", sku), check_id("source", source), check_id("destination", destination)
+        check_int("qty", qty, 1, MAX_QTY), check_text("reference", reference)
+        check_text("actor", actor)
+        if source == destination:
+            raise InvalidInput("destination", "must differ from source")
+        k = self.keys
+        keys = [
+            k.stock(sku, source),
+            k.stock(sku, destination),
+            k.sku(sku),
+            k.warehouses(sku),
+            k.sku_stream(sku),
+        ]
+        code, at, out, _ = await self._run(
+            "transfer", keys, [sku, source, destination, str(qty), reference, actor], retry=False
+        )
+        if code == "OK":
+            return _level(sku, source, out[:6]), _level(sku, destination, out[6:12])
+        if code == "SHORT":
+            raise InsufficientStock([Shortfall(sku, qty, int(out[2]))], at_ms=at)
+        if code == "LIMIT":
+            raise StockLimitExceeded(sku, destination, at_ms=at)
+        raise OnhandError(f"transfer: unexpected reply {code}", at_ms=at)
+
+    async def set_safety_stock(
+        self, sku: str, warehouse: str, qty: int, *, actor: str = ""
+    ) -> StockLevel:
+        check_id("sku", sku), check_id("warehouse", warehouse)
+        check_int("qty", qty, 0, MAX_STOCK), check_text("actor", actor)
+        return await self._stock_op(
+            "set_safety_stock", sku, warehouse, [str(qty), actor], retry=True
+        )
+
+    async def set_policy(self, sku: str, policy: SkuPolicy, *, actor: str = "") -> SkuPolicy:
+        check_id("sku", sku), check_text("actor", actor)
+        if not isinstance(policy, SkuPolicy):
+            raise InvalidInput("policy", "must be a SkuPolicy")
+        p = policy
+        args = [
+            sku,
+            *(
+                str(v)
+                for v in (
+                    p.backorder_limit,
+                    p.preorder_limit,
+                    p.preorder_release_ms,
+                    p.reorder_point,
+                    p.reorder_qty,
+                    p.lead_time_days,
+                    p.max_line_qty,
+                )
+            ),
+            actor,
+        ]
+        code, at, _, _ = await self._run(
+            "set_policy", [self.keys.sku(sku), self.keys.sku_stream(sku)], args, retry=True
+        )
+        if code != "OK":
+            raise OnhandError(f"set_policy: unexpected reply {code}", at_ms=at)
+        return policy
+
+    # -- reservations --------------------------------------------------------------------
+    def _reservation(self, rid: str, at: int, out: list[str], replayed: bool) -> Reservation:
+        status, created, deadline, owner, allocs_json = out[:5]
+        allocs = tuple(
+            sorted(
+                (
+                    Allocation(int(a["l"]), a["s"], a["w"], int(a["q"]))
+                    for a in json.loads(allocs_json)
+                ),
+                key=lambda a: (a.line, a.warehouse),
+            )
+        )
+        return Reservation(
+            rid, ReservationStatus(status), allocs, int(created), int(deadline), owner, replayed, at
+        )
+
+    async def reserve(self, request: ReserveRequest) -> Reservation:
+        if not isinstance(request, ReserveRequest):
+            raise InvalidInput("request", "must be a ReserveRequest")
+        k, rid = self.keys, request.reservation_id
+        keys = [k.reservation(rid), k.reservation_deadlines(rid), k.reservation_stream(rid)]
+        args = [
+            self._retention,
+            rid,
+            request.fingerprint(),
+            str(request.ttl_ms),
+            str(self._max_lifetime_ms),
+            request.owner,
+            request.actor,
+            str(len(request.lines)),
+        ]
+        for line in request.lines:
+            keys += [
+                k.sku(line.sku),
+                k.warehouses(line.sku),
+                k.holds(line.sku),
+                k.sku_stream(line.sku),
+            ]
+            keys += [k.stock(line.sku, wh) for wh in line.warehouses]
+            args += [
+                line.sku,
+                str(line.qty),
+                "1" if line.allow_split else "0",
+                str(len(line.warehouses)),
+                *line.warehouses,
+            ]
+        code, at, out, retried = await self._run("reserve", keys, args, retry=True)
+        if code in _OK:
+            # A REPLAY found by our own retry is the first attempt's success, not a repeat.
+            return self._reservation(rid, at, out, code == "REPLAY" and not retried)
+        if code == "CONFLICT":
+            raise IdempotencyConflict(rid, at_ms=at)
+        if code == "SHORT":
+            shortfalls = [
+                Shortfall(out[i], int(out[i + 1]), int(out[i + 2])) for i in range(0, len(out), 3)
+            ]
+            raise InsufficientStock(shortfalls, at_ms=at)
+        if code == "LINECAP":
+            line = request.lines[int(out[0])]
+            raise LineLimitExceeded(line.sku, line.qty, int(out[1]), at_ms=at)
+        if code == "LIMIT":
+            raise StockLimitExceeded(out[0], out[1], at_ms=at)
+        raise OnhandError(f"reserve: unexpected reply {code}", at_ms=at)
+
+    async def _transition(
+        self, name: str, rid: str, action: str, extra: list[str], actor: str
+    ) -> Reservation:
+        check_id("reservation_id", rid), check_text("actor", actor)
+        code, at, out, _ = await self._run(
+            name, [self.keys.reservation(rid)], [self._retention, *extra, actor], retry=True
+        )
+        if code in _OK:
+            return self._reservation(rid, at, out, code == "REPLAY")
+        if code == "NOTFOUND":
+            raise ReservationNotFound(rid, at_ms=at)
+        if code == "STATE":
+            raise InvalidTransition(rid, out[0], action, at_ms=at)
+        if code == "NOSTOCK":
+            raise NotEnoughOnHand(out[0], out[1], at_ms=at)
+        raise OnhandError(f"{name}: unexpected reply {code}", at_ms=at)
+
+    async def confirm(self, reservation_id: str, *, actor: str = "") -> Reservation:
+        return await self._transition("confirm", reservation_id, "confirm", [], actor)
+
+    async def release(self, reservation_id: str, *, actor: str = "") -> Reservation:
+        return await self._transition("release", reservation_id, "release", [], actor)
+
+    async def extend(self, reservation_id: str, ttl_ms: int, *, actor: str = "") -> Reservation:
+        check_int("ttl_ms", ttl_ms, 1, MAX_TTL_MS)
+        return await self._transition("extend", reservation_id, "extend", [str(ttl_ms)], actor)
+
+    async def fulfill(self, reservation_id: str, *, actor: str = "") -> Reservation:
+        return await self._transition("fulfill", reservation_id, "fulfill", [], actor)
+
+    async def cancel(self, reservation_id: str, *, actor: str = "") -> Reservation:
+        return await self._transition("cancel", reservation_id, "cancel", [], actor)
+
+    async def expire_due(self, limit: int = 500) -> int:
+        check_int("limit", limit, 1, 10_000)
+        total = 0
+        for p in range(self.keys.partitions):
+            _, _, out, _ = await self._run(
+                "expire", [self.keys.deadlines(p)], [self._retention, str(limit)], retry=True
+            )
+            total += int(out[0])
+        return total
+
+    async def expire_partition(self, partition: int, limit: int = 500) -> int:
+        """One reaper batch for one partition (see ``expire.lua``)."""
+        _, _, out, _ = await self._run(
+            "expire", [self.keys.deadlines(partition)], [self._retention, str(limit)], retry=True
+        )
+        return int(out[0])
+
+    # -- reads ---------------------------------------------------------------------------
+    async def get_reservation(self, reservation_id: str) -> Reservation:
+        check_id("reservation_id", reservation_id)
+        try:
+            raw = await self.client.hmget(
+                self.keys.reservation(reservation_id), ["st", "cr", "dl", "own", "al"]
+            )
+        except RedisError as exc:
+            raise EngineUnavailable(f"get_reservation: {exc}") from exc
+        if raw[0] is None:
+            raise ReservationNotFound(reservation_id)
+        return self._reservation(reservation_id, 0, [_text(v or b"") for v in raw], False)
+
+    async def stock_level(self, sku: str, warehouse: str) -> StockLevel:
+        check_id("sku", sku), check_id("warehouse", warehouse)
+        try:
+            raw = await self.client.hmget(
+                self.keys.stock(sku, warehouse), ["on", "he", "co", "ss", "v", "low"]
+            )
+        except RedisError as exc:
+            raise EngineUnavailable(f"stock_level: {exc}") from exc
+        return _level(sku, warehouse, [_text(v) if v is not None else "0" for v in raw])
+
+    async def availability(self, sku: str) -> SkuAvailability:
+        check_id("sku", sku)
+        k = self.keys
+        try:
+            warehouses = sorted(_text(w) for w in await self.client.smembers(k.warehouses(sku)))
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.time()
+                pipe.hmget(k.sku(sku), ["bo", "po", "prel", "rp", "rq", "lt", "mlq", "bey"])
+                for wh in warehouses:
+                    pipe.hmget(k.stock(sku, wh), ["on", "he", "co", "ss", "v", "low"])
+                replies = await pipe.execute()
+        except RedisError as exc:
+            raise EngineUnavailable(f"availability: {exc}") from exc
+        seconds, micros = replies[0]
+        now = (
+            self._clock() if self._clock is not None else int(seconds) * 1000 + int(micros) // 1000
+        )
+        p = [int(_text(v)) if v is not None else None for v in replies[1]]
+        policy = SkuPolicy(
+            *(
+                v if v is not None else d
+                for v, d in zip(p[:7], (0, 0, 0, 0, 0, 0, MAX_QTY), strict=True)
+            )
+        )
+        levels = tuple(
+            _level(sku, wh, [_text(v) if v is not None else "0" for v in raw])
+            for wh, raw in zip(warehouses, replies[2:], strict=True)
+        )
+        return SkuAvailability(sku, levels, policy, p[7] or 0, now)
+
+    async def state(self) -> State:
+        try:
+            return await read_state(self.client, self.keys)
+        except RedisError as exc:
+            raise EngineUnavailable(f"state: {exc}") from exc
+
+    async def events(self) -> list[Event]:
+        try:
+            return await read_events(self.client, self.keys)
+        except RedisError as exc:
+            raise EngineUnavailable(f"events: {exc}") from exc

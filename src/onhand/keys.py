@@ -1,0 +1,87 @@
+"""Every Redis key onhand uses is built here, and nowhere else.
+
+Layout (``ns`` is the namespace, ``p`` the partition number)::
+
+    ns:{pP}:stock:<sku>:<wh>   hash    on, he, co, ss, v, low        one stock record
+    ns:{pP}:sku:<sku>          hash    policy fields, pv, bey        SKU policy + exposure
+    ns:{pP}:whs:<sku>          set     warehouse ids with a record of the SKU
+    ns:{pP}:holds:<sku>        zset    reservation header key -> deadline_ms (pending)
+    ns:{pP}:events             stream  the partition's events
+    ns:{pR}:res:<id>           hash    reservation header (status, allocations, ...)
+    ns:{pR}:deadlines          zset    reservation header key -> deadline_ms (pending)
+
+A SKU's keys live in partition ``crc32(sku) % partitions``; a reservation header and
+its deadline entry live in ``crc32(reservation_id) % partitions``. The hash tag
+``{pN}`` comes first, so it alone decides the cluster slot: every key of one
+partition shares a slot, and no id can move a key (ids are allow-listed and contain
+neither braces nor colons, so distinct ids always give distinct keys). Scripts never
+compose key names: they get them in KEYS or read them from data written from here.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from dataclasses import dataclass
+
+__all__ = ["Keys"]
+
+_NAMESPACE = re.compile(r"[A-Za-z0-9_-]{1,32}")
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Key builder for one namespace with a fixed number of partitions."""
+
+    namespace: str = "onhand"
+    partitions: int = 16
+
+    def __post_init__(self) -> None:
+        if _NAMESPACE.fullmatch(self.namespace) is None:
+            raise ValueError("namespace must match [A-Za-z0-9_-]{1,32}")
+        if not 1 <= self.partitions <= 16384:
+            raise ValueError("partitions must be in 1..16384")
+
+    def partition(self, ident: str) -> int:
+        """The stable partition of a SKU or reservation id (CRC-32, not ``hash()``)."""
+        return zlib.crc32(ident.encode()) % self.partitions
+
+    def prefix(self, partition: int) -> str:
+        return f"{self.namespace}:{{p{partition}}}:"
+
+    def stock(self, sku: str, warehouse: str) -> str:
+        return f"{self.prefix(self.partition(sku))}stock:{sku}:{warehouse}"
+
+    def sku(self, sku: str) -> str:
+        return f"{self.prefix(self.partition(sku))}sku:{sku}"
+
+    def warehouses(self, sku: str) -> str:
+        return f"{self.prefix(self.partition(sku))}whs:{sku}"
+
+    def holds(self, sku: str) -> str:
+        return f"{self.prefix(self.partition(sku))}holds:{sku}"
+
+    def sku_stream(self, sku: str) -> str:
+        return self.stream(self.partition(sku))
+
+    def stream(self, partition: int) -> str:
+        return f"{self.prefix(partition)}events"
+
+    def reservation(self, reservation_id: str) -> str:
+        return f"{self.prefix(self.partition(reservation_id))}res:{reservation_id}"
+
+    def reservation_stream(self, reservation_id: str) -> str:
+        return self.stream(self.partition(reservation_id))
+
+    def deadlines(self, partition: int) -> str:
+        return f"{self.prefix(partition)}deadlines"
+
+    def reservation_deadlines(self, reservation_id: str) -> str:
+        return self.deadlines(self.partition(reservation_id))
+
+    def all_streams(self) -> list[str]:
+        return [self.stream(p) for p in range(self.partitions)]
+
+    def pattern(self) -> str:
+        """A SCAN pattern matching every key of this namespace."""
+        return f"{self.namespace}:*"
