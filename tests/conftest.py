@@ -1,0 +1,122 @@
+"""Shared fixtures: a real Redis for the session, per-test key namespaces, clients.
+
+Fixtures:
+
+* ``redis_url`` (session): URL of the Redis every test shares; see
+  :func:`tests.servers.find_redis_url` for how it is chosen. When nothing answers,
+  a private server is started for the session and stopped at its end.
+* ``namespace``: a fresh key prefix per test, ``t`` + 8 hex digits (alphanumeric).
+  Tests must put every key they write under ``f"{namespace}:"``. If the test uses
+  ``redis_url`` (directly or through another fixture such as ``redis_client``), the
+  keys matching ``f"{namespace}:*"`` on that server are deleted afterwards with
+  SCAN + UNLINK, and nothing else is. Tests that do not use ``redis_url`` (e.g.
+  fakeredis unit tests) get the name only and never start a server.
+* ``redis_client``: ``redis.asyncio.Redis`` on ``redis_url`` with
+  ``decode_responses=False``, closed after the test.
+* ``private_redis``: a fresh private :class:`~tests.servers.RedisServer` per test,
+  for fault tests (kill, restart, persistence). Extra server arguments can be given
+  by indirect parametrization::
+
+      @pytest.mark.parametrize("private_redis", [("--appendonly", "yes")], indirect=True)
+
+Tests using ``redis_url`` or ``private_redis`` are marked ``redis`` automatically.
+No test here ever flushes a database.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import redis
+import redis.asyncio
+
+from tests.servers import RedisServer, find_redis_binary, find_redis_url
+
+_SERVER_FIXTURES = frozenset({"redis_url", "private_redis"})
+
+
+_SESSION_REDIS = pytest.StashKey[str | None]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Choose the session's Redis once; a bad ONHAND_TEST_REDIS* setting is a usage error."""
+    try:
+        config.stash[_SESSION_REDIS] = find_redis_url()
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from exc
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Say which Redis the session will use."""
+    url = config.stash[_SESSION_REDIS]
+    if url is None:
+        return f"redis: private {find_redis_binary()} (started on first use)"
+    return f"redis: {url}"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that needs a real server with ``redis``."""
+    for item in items:
+        if _SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.redis)
+
+
+@pytest.fixture(scope="session")
+def redis_url(pytestconfig: pytest.Config) -> Iterator[str]:
+    """URL of the Redis server shared by the whole test session."""
+    url = pytestconfig.stash[_SESSION_REDIS]
+    if url is not None:
+        yield url
+        return
+    with RedisServer() as server:
+        yield server.url
+
+
+def delete_namespace(url: str, namespace: str) -> int:
+    """Delete the keys matching ``f"{namespace}:*"`` at ``url`` with SCAN + UNLINK.
+
+    Returns how many keys were unlinked. Touches no other key.
+    """
+    if not namespace.isalnum():
+        raise ValueError(f"namespace must be alphanumeric, not {namespace!r}")
+    unlinked = 0
+    with redis.Redis.from_url(url, socket_timeout=10) as client:
+        batch: list[bytes] = []
+        for key in client.scan_iter(match=f"{namespace}:*", count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                unlinked += client.unlink(*batch)
+                batch.clear()
+        if batch:
+            unlinked += client.unlink(*batch)
+    return unlinked
+
+
+@pytest.fixture
+def namespace(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A unique key namespace for one test; cleaned up on ``redis_url`` if the test uses it."""
+    name = "t" + uuid.uuid4().hex[:8]
+    yield name
+    # Decided after the test, so fixtures it acquired with getfixturevalue count too.
+    if "redis_url" in request.fixturenames:
+        delete_namespace(request.getfixturevalue("redis_url"), name)
+
+
+@pytest.fixture
+async def redis_client(redis_url: str) -> AsyncIterator[redis.asyncio.Redis]:
+    """An asyncio client on ``redis_url`` (bytes responses), closed after the test."""
+    client = redis.asyncio.Redis.from_url(redis_url, decode_responses=False)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+def private_redis(request: pytest.FixtureRequest) -> Iterator[RedisServer]:
+    """A fresh private server for one test; stopped and its directory deleted afterwards."""
+    extra_args: tuple[str, ...] = tuple(getattr(request, "param", ()))
+    with RedisServer(*extra_args) as server:
+        yield server
