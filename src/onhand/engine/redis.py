@@ -394,17 +394,25 @@ class RedisEngine(StockEngine):
         return int(out[0])
 
     # -- reads ---------------------------------------------------------------------------
+    def _server_now(self, pipe_time: list[bytes | str]) -> int:
+        if self._clock is not None:
+            return self._clock()
+        seconds, micros = pipe_time
+        return int(seconds) * 1000 + int(micros) // 1000
+
     async def get_reservation(self, reservation_id: str) -> Reservation:
         check_id("reservation_id", reservation_id)
         try:
-            raw = await self.client.hmget(
-                self.keys.reservation(reservation_id), ["st", "cr", "dl", "own", "al"]
-            )
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.hmget(self.keys.reservation(reservation_id), ["st", "cr", "dl", "own", "al"])
+                pipe.time()
+                raw, server_time = await pipe.execute()
         except RedisError as exc:
             raise EngineUnavailable(f"get_reservation: {exc}") from exc
+        now = self._server_now(server_time)
         if raw[0] is None:
-            raise ReservationNotFound(reservation_id)
-        return self._reservation(reservation_id, 0, [_text(v or b"") for v in raw], False)
+            raise ReservationNotFound(reservation_id, at_ms=now)
+        return self._reservation(reservation_id, now, [_text(v or b"") for v in raw], False)
 
     async def stock_level(self, sku: str, warehouse: str) -> StockLevel:
         check_id("sku", sku), check_id("warehouse", warehouse)
@@ -429,10 +437,7 @@ class RedisEngine(StockEngine):
                 replies = await pipe.execute()
         except RedisError as exc:
             raise EngineUnavailable(f"availability: {exc}") from exc
-        seconds, micros = replies[0]
-        now = (
-            self._clock() if self._clock is not None else int(seconds) * 1000 + int(micros) // 1000
-        )
+        now = self._server_now(replies[0])
         p = [int(_text(v)) if v is not None else None for v in replies[1]]
         policy = SkuPolicy(
             *(
