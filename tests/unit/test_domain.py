@@ -54,4 +54,4 @@ def test_preorder_allowance_applies_only_before_the_release_date():
 @pytest.mark.parametrize("field", ["backorder_limit", "reorder_point", "max_line_qty"])
 def test_policy_numbers_must_be_ints(field):
     with pytest.raises(InvalidInput):
-        SkuPolicy(**{field: 1.5})
+        SkuPolicy(**{field: 1.5})  # type: ignore[arg-type]
