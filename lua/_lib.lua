@@ -91,9 +91,12 @@ local function want_type(key, kind)
   if got ~= 'none' and got ~= kind then reject('WRONGTYPE') end
 end
 
+-- A stored counter: absent is 0; anything but a decimal integer means the data was
+-- not written by onhand, and the script stops before its first write.
 local function num(v)
-  if v then return tonumber(v) end
-  return 0
+  if not v then return 0 end
+  if not string.find(v, '^%-?[0-9]+$') or #v > 17 then reject('CORRUPT') end
+  return tonumber(v)
 end
 
 local RECS = {}
@@ -118,7 +121,7 @@ local function sku_load(key)
   if s then return s end
   local v = redis.call('HMGET', key, 'bo', 'po', 'prel', 'rp', 'rq', 'lt', 'mlq', 'pv', 'bey')
   s = {key = key, bo = num(v[1]), po = num(v[2]), prel = num(v[3]), rp = num(v[4]),
-       rq = num(v[5]), lt = num(v[6]), mlq = v[7] and tonumber(v[7]) or MAX_QTY,
+       rq = num(v[5]), lt = num(v[6]), mlq = v[7] and num(v[7]) or MAX_QTY,
        pv = num(v[8]), bey = num(v[9])}
   SKUS[key] = s
   return s
@@ -187,16 +190,20 @@ local function within(n)
 end
 
 ------------------------------------------------------------------ reservations
--- Header fields: id st fp own cr dl cap nx up al dk ek
+-- Header fields: id st fp own cr dl cap nx up al dk
 --   al: JSON list of allocations {l=line, s=sku, w=wh, q=qty, k=stock key,
 --       g=sku key, h=holds key, e=stream key}
+local STATUSES = {pending = true, confirmed = true, released = true, expired = true,
+                  fulfilled = true, cancelled = true}
 local function header_load(hk)
   local v = redis.call('HMGET', hk, 'id', 'st', 'fp', 'own', 'cr', 'dl', 'cap', 'nx', 'al',
-                       'dk', 'ek')
+                       'dk')
   if not v[2] then return nil end
+  local ok, allocs = pcall(cjson.decode, v[9] or '')
+  if not ok or type(allocs) ~= 'table' or not STATUSES[v[2]] then reject('CORRUPT') end
   return {key = hk, id = v[1], st = v[2], fp = v[3], own = v[4] or '', cr = v[5],
-          dl = tonumber(v[6]), cap = tonumber(v[7]), nx = tonumber(v[8]), al = v[9],
-          allocs = cjson.decode(v[9]), dk = v[10], ek = v[11]}
+          dl = num(v[6]), cap = num(v[7]), nx = num(v[8]), al = v[9],
+          allocs = allocs, dk = v[10]}
 end
 
 local function view(code, h)
@@ -241,14 +248,29 @@ local function resolve(h, st, actor, retention_ms)
   if TERMINAL[st] then redis.call('PEXPIRE', h.key, retention_ms) end
 end
 
--- Expire up to `limit` overdue pending reservations listed in zset `zkey`.
-local function expire_from(zkey, limit, retention_ms)
+-- Overdue-expiry in two phases, so that a corrupt key anywhere stops the whole batch
+-- before any write: due_collect() loads and checks, due_expire() writes.
+-- `batch` = {items = {{zkey, hk, h}, ...}, seen = {hk = true}}; several index keys may
+-- feed one batch (a reservation listed twice is taken once).
+local function due_collect(batch, zkey, limit)
+  want_type(zkey, 'zset')
   local due = redis.call('ZRANGEBYSCORE', zkey, '-inf', NOWS, 'LIMIT', 0, limit)
-  local n = 0
   for _, hk in ipairs(due) do
-    local h = header_load(hk)
+    if not batch.seen[hk] then
+      batch.seen[hk] = true
+      local h = header_load(hk)
+      batch.items[#batch.items + 1] = {zkey, hk, h}
+      if h and h.st == 'pending' and h.dl <= NOW then resolve_check(h) end
+    end
+  end
+  return batch
+end
+
+local function due_expire(batch, retention_ms)
+  local n = 0
+  for _, item in ipairs(batch.items) do
+    local zkey, hk, h = item[1], item[2], item[3]
     if h and h.st == 'pending' and h.dl <= NOW then
-      resolve_check(h)
       resolve(h, 'expired', '', retention_ms)
       n = n + 1
     elseif h and h.st == 'pending' then
@@ -258,6 +280,10 @@ local function expire_from(zkey, limit, retention_ms)
     end
   end
   return n
+end
+
+local function new_batch()
+  return {items = {}, seen = {}}
 end
 
 -- Runs main() and turns reject(...) into the reply {code, now_ms, ...}.

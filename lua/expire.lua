@@ -16,7 +16,8 @@ local function main()
   start_clock()
   local retention = arg_int(2, 1, MAX_STOCK)
   local limit = arg_int(3, 1, 10000)
-  return {'OK', NOWS, fmt(expire_from(KEYS[1], limit, retention))}
+  local batch = due_collect(new_batch(), KEYS[1], limit)
+  return {'OK', NOWS, fmt(due_expire(batch, retention))}
 end
 
 return run(main)

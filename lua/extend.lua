@@ -11,7 +11,8 @@
           {'REPLAY', ...same...}   the deadline would not move; nothing changed
   {'NOTFOUND', now_ms}   {'STATE', now_ms, status}   {'BADARG', now_ms, i}   {'WRONGTYPE', now_ms}
   An overdue pending hold is expired instead, answering {'STATE', now_ms, 'expired'}.
-  Emits one `extended` event (id x:<reservation>:<n>) to the reservation's partition.
+  Emits one `extended` event per allocation (id x:<reservation>:<n>:<sku>:<warehouse>),
+  in that allocation's stream, so each allocation's events stay in causal order.
 ]]
 
 local function main()
@@ -23,7 +24,6 @@ local function main()
   if not h then reject('NOTFOUND') end
   if h.st ~= 'pending' then reject('STATE', h.st) end
   resolve_check(h)
-  want_type(h.ek, 'stream')
   if h.dl <= NOW then
     resolve(h, 'expired', '', retention)
     return {'STATE', NOWS, 'expired'}
@@ -34,11 +34,15 @@ local function main()
   local dls = fmt(deadline)
   redis.call('HSET', h.key, 'dl', dls, 'nx', fmt(n), 'up', NOWS)
   redis.call('ZADD', h.dk, deadline, h.key)
-  for _, a in ipairs(h.allocs) do redis.call('ZADD', a.h, deadline, h.key) end
-  local f = {'id', 'x:' .. h.id .. ':' .. fmt(n), 't', 'extended', 'ts', NOWS,
-             'res', h.id, 'dl', dls, 'v', fmt(n)}
-  if actor ~= '' then f[#f + 1] = 'act'; f[#f + 1] = actor end
-  emit(h.ek, f)
+  local ns = fmt(n)
+  for _, a in ipairs(h.allocs) do
+    redis.call('ZADD', a.h, deadline, h.key)
+    local f = {'id', 'x:' .. h.id .. ':' .. ns .. ':' .. a.s .. ':' .. a.w, 't', 'extended',
+               'ts', NOWS, 'sku', a.s, 'wh', a.w, 'res', h.id, 'ln', fmt(a.l), 'dl', dls,
+               'v', ns}
+    if actor ~= '' then f[#f + 1] = 'act'; f[#f + 1] = actor end
+    emit(a.e, f)
+  end
   h.dl = deadline
   return view('OK', h)
 end

@@ -4,7 +4,6 @@
 
   KEYS[1]  reservation header            (hash, partition of the reservation id)
   KEYS[2]  that partition's deadlines    (zset)
-  KEYS[3]  that partition's events       (stream; later `extended` events go here)
   then, for each line i in order:
     sku hash, warehouse set, holds zset, events stream (all in the SKU's partition),
     then one stock record key per candidate warehouse, in preference order
@@ -99,7 +98,7 @@ local function main()
   local actor = arg_text(8)
   local nl = arg_int(9, 1, 100)
   local lines, seen = {}, {}
-  local ai, ki = 10, 4
+  local ai, ki = 10, 3
   for li = 1, nl do
     local sku = arg_id(ai)
     if seen[sku] then reject('BADARG', fmt(ai)) end
@@ -131,7 +130,6 @@ local function main()
 
   -- Type-check every key written below, and load what the plan reads.
   want_type(KEYS[2], 'zset')
-  want_type(KEYS[3], 'stream')
   for li, line in ipairs(lines) do
     want_type(line.whsk, 'set')
     want_type(line.holdk, 'zset')
@@ -155,10 +153,9 @@ local function main()
 
   local short = plan_all()
   if #short > 0 then
-    local freed = 0
-    for _, sh in ipairs(short) do
-      freed = freed + expire_from(sh[1].holdk, 50, retention)
-    end
+    local batch = new_batch()
+    for _, sh in ipairs(short) do due_collect(batch, sh[1].holdk, 50) end
+    local freed = due_expire(batch, retention)
     if freed > 0 then short = plan_all() end
     if #short > 0 then
       local out = {'SHORT', NOWS}
@@ -192,7 +189,7 @@ local function main()
   local dls = fmt(deadline)
   redis.call('HSET', KEYS[1], 'id', rid, 'st', 'pending', 'fp', fp, 'own', owner,
              'cr', NOWS, 'dl', dls, 'cap', fmt(cap), 'nx', '0', 'up', NOWS, 'al', al,
-             'dk', KEYS[2], 'ek', KEYS[3])
+             'dk', KEYS[2])
   redis.call('ZADD', KEYS[2], deadline, KEYS[1])
   for li, line in ipairs(lines) do
     redis.call('ZADD', line.holdk, deadline, KEYS[1])

@@ -1,14 +1,15 @@
 """Events: what every script appends to its partition's stream, in the same script.
 
 One event per affected stock record (plus ``low_stock`` when a record crosses its
-reorder point, ``policy_set`` for SKU policies and ``extended`` for a new deadline).
+reorder point, ``policy_set`` for SKU policies and ``extended`` per allocation for a new deadline).
 ``event_id`` is derived from the state it describes, so it is stable when events are
 replayed or re-drained:
 
 * ``s:<sku>:<warehouse>:<version>`` — a change of one stock record (its new version);
 * ``l:<sku>:<warehouse>:<version>`` — the ``low_stock`` edge of that same change;
 * ``p:<sku>:<policy_version>`` — a SKU policy change;
-* ``x:<reservation_id>:<n>`` — the n-th deadline extension of a reservation.
+* ``x:<reservation_id>:<n>:<sku>:<warehouse>`` — the n-th deadline extension of a
+  reservation, once per allocation (in that allocation's stream).
 
 Ids never contain ``:`` (see :data:`onhand.domain.ID_PATTERN`), so these are injective.
 On the stream an event is a flat field list with short names (``FIELDS``); integers

@@ -4,7 +4,13 @@
 counters, reservations, the deadline index and the per-SKU hold index). Folding every
 event of every partition stream through :meth:`State.apply`, starting from empty,
 reproduces the live state: that is the replay promise, and the test that holds the
-Redis engine to it compares ``State`` values. The in-memory engine keeps its state
+Redis engine to it compares ``State`` values.
+
+Streams are ordered only within a partition, and a reservation's allocations may sit in
+several partitions. Every event of one allocation is in that allocation's stream after
+its ``reserved`` event, so ``apply`` only needs to be robust to how partitions
+interleave: statuses only move forward, an extension applies once (by its number), and
+indexes hold only pending reservations. The in-memory engine keeps its state
 here too, so the model and the replay share one definition.
 """
 
@@ -30,6 +36,15 @@ _TERMINAL_OR_CONFIRMED = {
     EventType.EXPIRED: ReservationStatus.EXPIRED,
     EventType.FULFILLED: ReservationStatus.FULFILLED,
     EventType.CANCELLED: ReservationStatus.CANCELLED,
+}
+_RANK = {
+    # A status only moves forward, whatever order two partitions' streams are read in.
+    ReservationStatus.PENDING: 0,
+    ReservationStatus.CONFIRMED: 1,
+    ReservationStatus.RELEASED: 2,
+    ReservationStatus.EXPIRED: 2,
+    ReservationStatus.FULFILLED: 2,
+    ReservationStatus.CANCELLED: 2,
 }
 _RECORD_EVENTS = {
     EventType.RECEIVED,
@@ -153,22 +168,27 @@ class State:
             allocs = tuple(sorted((*current.allocations, alloc), key=_alloc_order))
             current = replace(current, allocations=allocs)
         self.reservations[rid] = current
-        self.deadlines[rid] = current.deadline_ms
-        self.holds.setdefault(event.sku, {})[rid] = current.deadline_ms
+        if current.status is ReservationStatus.PENDING:
+            self.deadlines[rid] = current.deadline_ms
+            self.holds.setdefault(event.sku, {})[rid] = current.deadline_ms
 
     def _apply_extended(self, event: Event) -> None:
         rid = event.reservation_id
         current = self.reservations[rid]
-        self.reservations[rid] = replace(
+        if event.version <= current.extensions:
+            return  # the same extension, seen through another allocation's stream
+        current = replace(
             current, deadline_ms=event.deadline_ms, extensions=event.version, updated_ms=event.at_ms
         )
-        self.deadlines[rid] = event.deadline_ms
-        for alloc in current.allocations:
-            self.holds.setdefault(alloc.sku, {})[rid] = event.deadline_ms
+        self.reservations[rid] = current
+        if current.status is ReservationStatus.PENDING:
+            self.deadlines[rid] = current.deadline_ms
+            for alloc in current.allocations:
+                self.holds.setdefault(alloc.sku, {})[rid] = current.deadline_ms
 
     def _resolve(self, rid: str, status: ReservationStatus, at_ms: int) -> None:
         current = self.reservations[rid]
-        if current.status is not status:
+        if _RANK[status] > _RANK[current.status]:
             self.reservations[rid] = replace(current, status=status, updated_ms=at_ms)
         self.deadlines.pop(rid, None)
         for alloc in current.allocations:

@@ -44,6 +44,7 @@ from onhand.errors import (
     VersionConflict,
 )
 from onhand.events import Event, EventType
+from onhand.keys import Keys
 from onhand.state import RecordState, ReservationState, State, policy_to_text
 
 __all__ = ["MemoryEngine"]
@@ -63,8 +64,14 @@ class MemoryEngine(StockEngine):
         *,
         clock: Callable[[], int] = _wall_clock_ms,
         max_hold_lifetime_ms: int = DEFAULT_MAX_HOLD_LIFETIME_MS,
+        keys: Keys | None = None,
     ) -> None:
+        """``keys``: order simultaneous expiries exactly as a Redis engine with this key
+        layout does (partition by partition, ties by key name), so the two emit
+        identical events; without it, expiries run in (deadline, id) order in one pass.
+        """
         self._clock = clock
+        self._keys = keys
         self._max_lifetime_ms = max_hold_lifetime_ms
         self._state = State()
         self._log: list[Event] = []
@@ -332,11 +339,14 @@ class MemoryEngine(StockEngine):
                 **deltas,
             )
 
+    def _member(self, rid: str) -> str:
+        return self._keys.reservation(rid) if self._keys is not None else rid
+
     def _expire_due_of(self, holds: dict[str, int], now: int, limit: int) -> int:
-        due = sorted((d, rid) for rid, d in holds.items() if d <= now)[:limit]
-        for _, rid in due:
+        due = sorted((d, self._member(rid), rid) for rid, d in holds.items() if d <= now)
+        for _, _, rid in due[:limit]:
             self._resolve(rid, EventType.EXPIRED, now)
-        return len(due)
+        return len(due[:limit])
 
     def _plan(
         self, request: ReserveRequest, now: int
@@ -440,17 +450,21 @@ class MemoryEngine(StockEngine):
         if deadline == r.deadline_ms:
             return self._view(reservation_id, now, replayed=True)
         n = r.extensions + 1
-        self._emit(
-            Event(
-                event_id=f"x:{reservation_id}:{n}",
-                type=EventType.EXTENDED,
-                at_ms=now,
-                reservation_id=reservation_id,
-                deadline_ms=deadline,
-                version=n,
-                actor=actor,
+        for a in r.allocations:
+            self._emit(
+                Event(
+                    event_id=f"x:{reservation_id}:{n}:{a.sku}:{a.warehouse}",
+                    type=EventType.EXTENDED,
+                    at_ms=now,
+                    sku=a.sku,
+                    warehouse=a.warehouse,
+                    reservation_id=reservation_id,
+                    line=a.line,
+                    deadline_ms=deadline,
+                    version=n,
+                    actor=actor,
+                )
             )
-        )
         return self._view(reservation_id, now)
 
     async def fulfill(self, reservation_id: str, *, actor: str = "") -> Reservation:
@@ -480,7 +494,13 @@ class MemoryEngine(StockEngine):
 
     async def expire_due(self, limit: int = 500) -> int:
         check_int("limit", limit, 1, 10_000)
-        return self._expire_due_of(self._state.deadlines, self._clock(), limit)
+        now, deadlines = self._clock(), self._state.deadlines
+        if self._keys is None:
+            return self._expire_due_of(deadlines, now, limit)
+        by_partition: dict[int, dict[str, int]] = {}
+        for rid, deadline in deadlines.items():
+            by_partition.setdefault(self._keys.partition(rid), {})[rid] = deadline
+        return sum(self._expire_due_of(by_partition[p], now, limit) for p in sorted(by_partition))
 
     # -- reads ---------------------------------------------------------------------------
     async def get_reservation(self, reservation_id: str) -> Reservation:

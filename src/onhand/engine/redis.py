@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from redis.asyncio import Redis
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
@@ -126,8 +126,11 @@ class RedisEngine(StockEngine):
             except (RedisConnectionError, RedisTimeoutError) as exc:
                 if attempt + 1 == attempts:
                     raise EngineUnavailable(f"{name}: {exc}") from exc
+            except OutOfMemoryError as exc:
+                # With a #!lua shebang Redis refuses the script before it starts.
+                raise EngineUnavailable(f"{name}: Redis is out of memory: {exc}") from exc
             except ResponseError as exc:
-                if "WRONGTYPE" in str(exc) or "OOM" in str(exc):
+                if "WRONGTYPE" in str(exc):
                     raise EngineFault(f"{name}: {exc}") from exc
                 raise EngineUnavailable(f"{name}: {exc}") from exc
             except RedisError as exc:
@@ -136,8 +139,10 @@ class RedisEngine(StockEngine):
         code, at_ms = values[0], int(values[1])
         if code == "BADARG":
             raise InvalidInput(f"argv[{values[2]}]", "rejected by the script", at_ms=at_ms)
-        if code == "WRONGTYPE":
-            raise EngineFault(f"{name}: a key has an unexpected type; nothing changed", at_ms=at_ms)
+        if code in ("WRONGTYPE", "CORRUPT"):
+            raise EngineFault(
+                f"{name}: a key has an unexpected type or content; nothing changed", at_ms=at_ms
+            )
         return code, at_ms, values[2:], attempt > 0
 
     def _record_args(self, sku: str, warehouse: str) -> list[str]:
@@ -299,7 +304,7 @@ class RedisEngine(StockEngine):
         if not isinstance(request, ReserveRequest):
             raise InvalidInput("request", "must be a ReserveRequest")
         k, rid = self.keys, request.reservation_id
-        keys = [k.reservation(rid), k.reservation_deadlines(rid), k.reservation_stream(rid)]
+        keys = [k.reservation(rid), k.reservation_deadlines(rid)]
         args = [
             self._retention,
             rid,
@@ -378,16 +383,18 @@ class RedisEngine(StockEngine):
 
     async def expire_due(self, limit: int = 500) -> int:
         check_int("limit", limit, 1, 10_000)
-        total = 0
+        total, faults = 0, []
         for p in range(self.keys.partitions):
-            _, _, out, _ = await self._run(
-                "expire", [self.keys.deadlines(p)], [self._retention, str(limit)], retry=True
-            )
-            total += int(out[0])
+            try:
+                total += await self.expire_partition(p, limit)
+            except EngineFault as exc:  # one corrupt partition must not stall the others
+                faults.append(f"partition {p}: {exc}")
+        if faults:
+            raise EngineFault(f"expired {total}; skipped " + "; ".join(faults))
         return total
 
     async def expire_partition(self, partition: int, limit: int = 500) -> int:
-        """One reaper batch for one partition (see ``expire.lua``)."""
+        """One reaper batch for one partition (see ``expire.lua``): all or nothing."""
         _, _, out, _ = await self._run(
             "expire", [self.keys.deadlines(partition)], [self._retention, str(limit)], retry=True
         )
