@@ -93,6 +93,27 @@ end
 
 -- A stored counter: absent is 0; anything but a decimal integer means the data was
 -- not written by onhand, and the script stops before its first write.
+-- Fencing. A partition is open only while its ready marker ('<epoch>:<run_id>') names
+-- this server's run_id. A restart (the run_id changes), a promoted replica (another
+-- run_id) or a flush (no marker) closes every partition until the ledger has verified
+-- or rebuilt Redis and stamped the markers again (onhand.ledger.fencing).
+local RUN_ID
+local function server_run_id()
+  if not RUN_ID then
+    RUN_ID = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or '?'
+  end
+  return RUN_ID
+end
+
+local READY = {}
+local function require_ready(key)
+  if READY[key] then return end
+  local v = redis.call('GET', key)
+  local rid = server_run_id()
+  if not v or string.sub(v, -(#rid + 1)) ~= ':' .. rid then reject('NOTREADY') end
+  READY[key] = true
+end
+
 local function num(v)
   if not v then return 0 end
   if not string.find(v, '^%-?[0-9]+$') or #v > 17 then reject('CORRUPT') end
@@ -134,8 +155,24 @@ local function allowance(s)
   return math.max(0, limit - s.bey)
 end
 
+-- Every entry this script appended: {stream, entry id, fields}, for replies that must
+-- carry their events (confirm: the ledger writes them through before answering).
+local EMITTED = {}
 local function emit(stream, f)
-  redis.call('XADD', stream, '*', unpack(f))
+  local id = redis.call('XADD', stream, '*', unpack(f))
+  EMITTED[#EMITTED + 1] = {stream, id, f}
+end
+
+-- reply .. {n, stream, id, n_fields, fields..., stream, id, ...}
+local function with_emitted(reply)
+  reply[#reply + 1] = fmt(#EMITTED)
+  for _, e in ipairs(EMITTED) do
+    reply[#reply + 1] = e[1]
+    reply[#reply + 1] = e[2]
+    reply[#reply + 1] = fmt(#e[3])
+    for _, v in ipairs(e[3]) do reply[#reply + 1] = v end
+  end
+  return reply
 end
 
 -- Apply one change to a loaded record and append its event (plus low_stock on the
@@ -192,7 +229,7 @@ end
 ------------------------------------------------------------------ reservations
 -- Header fields: id st fp own cr dl cap nx up al dk
 --   al: JSON list of allocations {l=line, s=sku, w=wh, q=qty, k=stock key,
---       g=sku key, h=holds key, e=stream key}
+--       g=sku key, h=holds key, e=stream key, r=ready marker key}
 local STATUSES = {pending = true, confirmed = true, released = true, expired = true,
                   fulfilled = true, cancelled = true}
 local function header_load(hk)
@@ -213,6 +250,7 @@ end
 -- Load (and so type-check) everything resolving h will write, before writing.
 local function resolve_check(h)
   for _, a in ipairs(h.allocs) do
+    require_ready(a.r)
     rec_load(a.k)
     sku_load(a.g)
     want_type(a.e, 'stream')

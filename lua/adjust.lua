@@ -3,6 +3,7 @@
   adjust — change a record's on_hand by a signed delta, for a reason.
 
   KEYS[1] stock record   KEYS[2] sku hash   KEYS[3] warehouse set   KEYS[4] events stream
+  KEYS[5] the partition's ready marker
   ARGV[1] clock_ms ('0' = Redis server time)
   ARGV[2] sku   ARGV[3] warehouse   ARGV[4] delta (-1e9..1e9, not 0)
   ARGV[5] reason: damaged | lost (delta < 0), found | returned (delta > 0), correction
@@ -11,6 +12,7 @@
   Returns {'OK', now_ms, on_hand, held, committed, safety_stock, version, low}
           {'NEGATIVE', now_ms}   on_hand would drop below 0; nothing changed
           {'LIMIT', now_ms}      on_hand would pass 2^53 - 1; nothing changed
+          {'NOTREADY', now_ms}   the partition is fenced (see _lib.lua); retry later
           {'BADARG', now_ms, i}  (also: delta 0, or a sign that does not fit the reason)
           {'WRONGTYPE', now_ms}
   on_hand may drop below held + committed (stock written off that was promised):
@@ -28,6 +30,7 @@ local function main()
   if sign == nil then reject('BADARG', '5') end
   if delta == 0 or delta * sign < 0 then reject('BADARG', '4') end
   local ref, actor = arg_text(6), arg_text(7)
+  require_ready(KEYS[5])
   want_type(KEYS[3], 'set')
   want_type(KEYS[4], 'stream')
   local r, s = rec_load(KEYS[1]), sku_load(KEYS[2])

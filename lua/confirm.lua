@@ -2,13 +2,15 @@
 --[[
   confirm — pending → confirmed: every allocation moves from held to committed.
 
-  KEYS[1]  reservation header
+  KEYS[1]  reservation header   KEYS[2]  its partition's ready marker
   ARGV[1]  clock_ms ('0' = Redis server time)   ARGV[2]  retention_ms
   ARGV[3]  actor (free text)
 
   Returns {'OK'|'REPLAY', now_ms, status, created_ms, deadline_ms, owner, allocations_json}
+    OK is followed by the events it appended: n, then per event: stream key, entry id,
+    number of fields, the fields (so the caller can write them through to the ledger).
     REPLAY: already confirmed (or since fulfilled); nothing changed.
-  {'NOTFOUND', now_ms}   {'STATE', now_ms, status}   {'BADARG', now_ms, i}   {'WRONGTYPE', now_ms}
+  {'NOTREADY', now_ms} (fenced; retry later)   {'NOTFOUND', now_ms}   {'STATE', now_ms, status}   {'BADARG', now_ms, i}   {'WRONGTYPE', now_ms}
   A pending hold whose deadline has passed (deadline <= now) is expired here, in this
   call, and the answer is {'STATE', now_ms, 'expired'}: every hold resolves once.
 ]]
@@ -17,6 +19,7 @@ local function main()
   start_clock()
   local retention = arg_int(2, 1, MAX_STOCK)
   local actor = arg_text(3)
+  require_ready(KEYS[2])
   local h = header_load(KEYS[1])
   if not h then reject('NOTFOUND') end
   if h.st == 'confirmed' or h.st == 'fulfilled' then return view('REPLAY', h) end
@@ -27,7 +30,7 @@ local function main()
     return {'STATE', NOWS, 'expired'}
   end
   resolve(h, 'confirmed', actor, retention)
-  return view('OK', h)
+  return with_emitted(view('OK', h))
 end
 
 return run(main)

@@ -3,13 +3,13 @@
   extend — move a pending hold's deadline to now + ttl_ms, capped at its creation time
   plus the maximum hold lifetime; a deadline never moves earlier.
 
-  KEYS[1]  reservation header
+  KEYS[1]  reservation header   KEYS[2]  its partition's ready marker
   ARGV[1]  clock_ms ('0' = Redis server time)   ARGV[2]  retention_ms
   ARGV[3]  ttl_ms (1..86400000)                 ARGV[4]  actor (free text)
 
   Returns {'OK', now_ms, status, created_ms, deadline_ms, owner, allocations_json}
           {'REPLAY', ...same...}   the deadline would not move; nothing changed
-  {'NOTFOUND', now_ms}   {'STATE', now_ms, status}   {'BADARG', now_ms, i}   {'WRONGTYPE', now_ms}
+  {'NOTREADY', now_ms} (fenced; retry later)   {'NOTFOUND', now_ms}   {'STATE', now_ms, status}   {'BADARG', now_ms, i}   {'WRONGTYPE', now_ms}
   An overdue pending hold is expired instead, answering {'STATE', now_ms, 'expired'}.
   Emits one `extended` event per allocation (id x:<reservation>:<n>:<sku>:<warehouse>),
   in that allocation's stream, so each allocation's events stay in causal order.
@@ -20,6 +20,7 @@ local function main()
   local retention = arg_int(2, 1, MAX_STOCK)
   local ttl = arg_int(3, 1, MAX_TTL_MS)
   local actor = arg_text(4)
+  require_ready(KEYS[2])
   local h = header_load(KEYS[1])
   if not h then reject('NOTFOUND') end
   if h.st ~= 'pending' then reject('STATE', h.st) end

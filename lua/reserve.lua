@@ -4,9 +4,10 @@
 
   KEYS[1]  reservation header            (hash, partition of the reservation id)
   KEYS[2]  that partition's deadlines    (zset)
+  KEYS[3]  that partition's ready marker (see _lib.lua: fencing)
   then, for each line i in order:
-    sku hash, warehouse set, holds zset, events stream (all in the SKU's partition),
-    then one stock record key per candidate warehouse, in preference order
+    sku hash, warehouse set, holds zset, events stream, ready marker (all in the SKU's
+    partition), then one stock record key per candidate warehouse, in preference order
 
   ARGV[1]  clock_ms: '0' = Redis server time (production); else a fixed ms time (tests)
   ARGV[2]  retention_ms: how long resolved headers stay for idempotent repeats
@@ -24,6 +25,7 @@
     {'LINECAP', now_ms, line, max_line_qty}
     {'SHORT', now_ms, sku, requested, could_have, ...}   per short line; nothing held
     {'LIMIT', now_ms, sku, warehouse}    a counter would pass 2^53 - 1
+    {'NOTREADY', now_ms}                 a partition is fenced; retry later
     {'BADARG', now_ms, argv_index}       {'WRONGTYPE', now_ms}
   Before answering SHORT, overdue holds of the short SKUs are expired (at most 50 per
   SKU) and the order is planned again; those expiries stand.
@@ -98,7 +100,7 @@ local function main()
   local actor = arg_text(8)
   local nl = arg_int(9, 1, 100)
   local lines, seen = {}, {}
-  local ai, ki = 10, 3
+  local ai, ki = 10, 4
   for li = 1, nl do
     local sku = arg_id(ai)
     if seen[sku] then reject('BADARG', fmt(ai)) end
@@ -106,20 +108,24 @@ local function main()
     local line = {sku = sku, qty = arg_int(ai + 1, 1, MAX_QTY), split = arg_flag(ai + 2),
                   n = arg_int(ai + 3, 1, 32), whs = {}, recs = {},
                   skuk = KEYS[ki], whsk = KEYS[ki + 1], holdk = KEYS[ki + 2],
-                  strk = KEYS[ki + 3]}
+                  strk = KEYS[ki + 3], readyk = KEYS[ki + 4]}
     local wseen = {}
     for c = 1, line.n do
       local wh = arg_id(ai + 3 + c)
       if wseen[wh] then reject('BADARG', fmt(ai + 3 + c)) end
       wseen[wh] = true
       line.whs[c] = wh
-      line.recs[c] = KEYS[ki + 3 + c]
+      line.recs[c] = KEYS[ki + 4 + c]
     end
     ai = ai + 4 + line.n
-    ki = ki + 4 + line.n
+    ki = ki + 5 + line.n
     lines[li] = line
   end
   if #ARGV ~= ai - 1 or #KEYS ~= ki - 1 then reject('BADARG', '9') end
+
+  -- Fencing first: a Redis that lost or rolled back data answers nothing from it.
+  require_ready(KEYS[3])
+  for _, line in ipairs(lines) do require_ready(line.readyk) end
 
   -- Idempotency: a known id answers with what it holds (or a conflict), nothing more.
   local h = header_load(KEYS[1])
@@ -182,7 +188,7 @@ local function main()
     for _, p in ipairs(line.plan) do
       allocs[#allocs + 1] = {l = li - 1, s = line.sku, w = line.whs[p[1]], q = p[2],
                              k = line.recs[p[1]], g = line.skuk, h = line.holdk,
-                             e = line.strk}
+                             e = line.strk, r = line.readyk}
     end
   end
   local al = cjson.encode(allocs)

@@ -4,6 +4,7 @@
   the counter saw (compare-and-swap).
 
   KEYS[1] stock record   KEYS[2] sku hash   KEYS[3] warehouse set   KEYS[4] events stream
+  KEYS[5] the partition's ready marker
   ARGV[1] clock_ms ('0' = Redis server time)
   ARGV[2] sku   ARGV[3] warehouse   ARGV[4] count (0..2^53-1)
   ARGV[5] expected version (0 for a record never touched)
@@ -11,6 +12,7 @@
 
   Returns {'OK', now_ms, on_hand, held, committed, safety_stock, version, low}
           {'VERSION', now_ms, actual_version}   nothing changed
+          {'NOTREADY', now_ms}   the partition is fenced (see _lib.lua); retry later
           {'BADARG', now_ms, i}   {'WRONGTYPE', now_ms}
   Emits `counted` with the difference (possibly 0) and reason 'stocktake'.
 ]]
@@ -21,6 +23,7 @@ local function main()
   local count = arg_int(4, 0, MAX_STOCK)
   local expected = arg_int(5, 0, MAX_STOCK)
   local ref, actor = arg_text(6), arg_text(7)
+  require_ready(KEYS[5])
   want_type(KEYS[3], 'set')
   want_type(KEYS[4], 'stream')
   local r, s = rec_load(KEYS[1]), sku_load(KEYS[2])

@@ -2,13 +2,13 @@
 --[[
   set_policy — replace a SKU's policy.
 
-  KEYS[1] sku hash   KEYS[2] events stream (the SKU's partition)
+  KEYS[1] sku hash   KEYS[2] events stream (the SKU's partition)   KEYS[3] its ready marker
   ARGV[1] clock_ms ('0' = Redis server time)   ARGV[2] sku
   ARGV[3] backorder_limit   ARGV[4] preorder_limit   ARGV[5] preorder_release_ms
   ARGV[6] reorder_point     ARGV[7] reorder_qty      (each 0..2^53-1)
   ARGV[8] lead_time_days (0..3650)   ARGV[9] max_line_qty (1..1e9)   ARGV[10] actor
 
-  Returns {'OK', now_ms, policy_version}   {'BADARG', now_ms, i}   {'WRONGTYPE', now_ms}
+  Returns {'OK', now_ms, policy_version}   {'NOTREADY', now_ms}   the partition is fenced (see _lib.lua); retry later   {'BADARG', now_ms, i}   {'WRONGTYPE', now_ms}
   Emits `policy_set` (id p:<sku>:<policy_version>) carrying the whole policy.
   Low-stock flags are re-evaluated at the record's next change, not here.
 ]]
@@ -21,6 +21,7 @@ local function main()
   vals[#vals + 1] = fmt(arg_int(8, 0, 3650))
   vals[#vals + 1] = fmt(arg_int(9, 1, MAX_QTY))
   local actor = arg_text(10)
+  require_ready(KEYS[3])
   want_type(KEYS[2], 'stream')
   local s = sku_load(KEYS[1])
   local pv = fmt(s.pv + 1)

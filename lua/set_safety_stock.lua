@@ -3,10 +3,12 @@
   set_safety_stock — set the units of a record that are never sold.
 
   KEYS[1] stock record   KEYS[2] sku hash   KEYS[3] warehouse set   KEYS[4] events stream
+  KEYS[5] the partition's ready marker
   ARGV[1] clock_ms ('0' = Redis server time)
   ARGV[2] sku   ARGV[3] warehouse   ARGV[4] safety stock (0..2^53-1)   ARGV[5] actor
 
   Returns {'OK', now_ms, on_hand, held, committed, safety_stock, version, low}
+          {'NOTREADY', now_ms}   the partition is fenced (see _lib.lua); retry later
           {'BADARG', now_ms, i}   {'WRONGTYPE', now_ms}
 ]]
 
@@ -15,6 +17,7 @@ local function main()
   local sku, wh = arg_id(2), arg_id(3)
   local ss = arg_int(4, 0, MAX_STOCK)
   local actor = arg_text(5)
+  require_ready(KEYS[5])
   want_type(KEYS[3], 'set')
   want_type(KEYS[4], 'stream')
   local r, s = rec_load(KEYS[1]), sku_load(KEYS[2])

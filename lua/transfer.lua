@@ -4,7 +4,7 @@
   atomically, with one event per side.
 
   KEYS[1] source record   KEYS[2] destination record   KEYS[3] sku hash
-  KEYS[4] warehouse set   KEYS[5] events stream
+  KEYS[4] warehouse set   KEYS[5] events stream   KEYS[6] the partition's ready marker
   ARGV[1] clock_ms ('0' = Redis server time)
   ARGV[2] sku   ARGV[3] source warehouse   ARGV[4] destination warehouse (different)
   ARGV[5] qty (1..1e9)   ARGV[6] reference (free text)   ARGV[7] actor (free text)
@@ -13,6 +13,7 @@
                          dst on_hand, held, committed, safety_stock, version, low}
           {'SHORT', now_ms, sku, requested, available}   the source lacks available units
           {'LIMIT', now_ms}   the destination would pass 2^53 - 1
+          {'NOTREADY', now_ms}   the partition is fenced (see _lib.lua); retry later
           {'BADARG', now_ms, i}   {'WRONGTYPE', now_ms}
   Only available units move: held, committed and safety stock stay where they are.
 ]]
@@ -23,6 +24,7 @@ local function main()
   if src == dst then reject('BADARG', '4') end
   local qty = arg_int(5, 1, MAX_QTY)
   local ref, actor = arg_text(6), arg_text(7)
+  require_ready(KEYS[6])
   want_type(KEYS[4], 'set')
   want_type(KEYS[5], 'stream')
   local a, b, s = rec_load(KEYS[1]), rec_load(KEYS[2]), sku_load(KEYS[3])

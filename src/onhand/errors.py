@@ -17,6 +17,7 @@ retry safe)::
     ├── IdempotencyConflict          same reservation id, different payload     (422)
     ├── VersionConflict              set-count with a stale expected version    (412)
     ├── EngineUnavailable            Redis unreachable / timed out; retry       (503)
+    │   └── EngineNotReady           Redis is fenced (lost, restarted, rebuilding) (503)
     └── EngineFault                  Redis holds unexpected data; nothing changed (500)
 
 Errors raised after a script ran carry ``at_ms``: the Redis server time the script
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "EngineFault",
+    "EngineNotReady",
     "EngineUnavailable",
     "IdempotencyConflict",
     "InsufficientStock",
@@ -149,6 +151,14 @@ class VersionConflict(OnhandError):
 
 class EngineUnavailable(OnhandError):
     """Redis could not be reached or did not answer in time. Retry with the same ids."""
+
+
+class EngineNotReady(EngineUnavailable):
+    """Redis is fenced: it restarted, lost or rolled back data, or is being rebuilt.
+
+    Nothing was read or changed. Retry later; the ledger reopens Redis once it has
+    verified it against Postgres or rebuilt it (see ``onhand.ledger.fencing``).
+    """
 
 
 class EngineFault(OnhandError):

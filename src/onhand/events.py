@@ -125,7 +125,9 @@ class Event:
     policy: str = ""
 
     @classmethod
-    def from_fields(cls, raw: Mapping[bytes | str, bytes | str]) -> Event:
+    def from_fields(
+        cls, raw: Mapping[bytes, bytes] | Mapping[str, str] | Mapping[bytes | str, bytes | str]
+    ) -> Event:
         """Parse a stream entry's field map (bytes or str). Unknown fields are ignored."""
         values: dict[str, object] = {}
         for key, value in raw.items():

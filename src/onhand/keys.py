@@ -9,6 +9,7 @@ Layout (``ns`` is the namespace, ``p`` the partition number)::
     ns:{pP}:events             stream  the partition's events
     ns:{pR}:res:<id>           hash    reservation header (status, allocations, ...)
     ns:{pR}:deadlines          zset    reservation header key -> deadline_ms (pending)
+    ns:{pN}:ready              string  '<epoch>:<run_id>': the partition is open (fencing)
 
 A SKU's keys live in partition ``crc32(sku) % partitions``; a reservation header and
 its deadline entry live in ``crc32(reservation_id) % partitions``. The hash tag
@@ -67,6 +68,13 @@ class Keys:
     def stream(self, partition: int) -> str:
         return f"{self.prefix(partition)}events"
 
+    def stream_partition(self, key: str) -> int:
+        """The partition of a key built here (inverse of :meth:`prefix`)."""
+        head = f"{self.namespace}:{{p"
+        if not key.startswith(head):
+            raise ValueError(f"not a key of namespace {self.namespace!r}")
+        return int(key[len(head) : key.index("}", len(head))])
+
     def reservation(self, reservation_id: str) -> str:
         return f"{self.prefix(self.partition(reservation_id))}res:{reservation_id}"
 
@@ -78,6 +86,18 @@ class Keys:
 
     def reservation_deadlines(self, reservation_id: str) -> str:
         return self.deadlines(self.partition(reservation_id))
+
+    def ready(self, partition: int) -> str:
+        return f"{self.prefix(partition)}ready"
+
+    def sku_ready(self, sku: str) -> str:
+        return self.ready(self.partition(sku))
+
+    def reservation_ready(self, reservation_id: str) -> str:
+        return self.ready(self.partition(reservation_id))
+
+    def all_ready(self) -> list[str]:
+        return [self.ready(p) for p in range(self.partitions)]
 
     def all_streams(self) -> list[str]:
         return [self.stream(p) for p in range(self.partitions)]

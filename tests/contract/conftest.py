@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from onhand.engine.base import ManualClock, StockEngine
-from tests.engines import make_engine
+from tests.engines import make_engine, make_ready
 
 
 @pytest.fixture
@@ -25,8 +25,12 @@ def clock() -> ManualClock:
         pytest.param("redis", id="redis", marks=pytest.mark.redis),
     ]
 )
-def engine(request: pytest.FixtureRequest, clock: ManualClock) -> StockEngine:
-    """A fresh, empty engine of each kind, driven by ``clock``."""
+def new_engine(request: pytest.FixtureRequest, clock: ManualClock) -> StockEngine:
+    """A fresh, empty engine of each kind, driven by ``clock`` (not yet opened).
+
+    Synchronous on purpose: ``getfixturevalue`` of the async ``redis_client`` fixture
+    cannot run inside an already running event loop (an async fixture).
+    """
     if request.param == "memory":
         return make_engine("memory", clock=clock)
     # Ask for the server first: ``namespace`` only cleans up keys when it sees that
@@ -35,3 +39,9 @@ def engine(request: pytest.FixtureRequest, clock: ManualClock) -> StockEngine:
     client = request.getfixturevalue("redis_client")
     namespace: str = request.getfixturevalue("namespace")
     return make_engine("redis", clock=clock, redis_client=client, namespace=namespace)
+
+
+@pytest.fixture
+async def engine(new_engine: StockEngine) -> StockEngine:
+    """``new_engine``, open for business (every Redis partition marked ready)."""
+    return await make_ready(new_engine)

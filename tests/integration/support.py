@@ -43,7 +43,9 @@ async def open_engine(
     """A :class:`RedisEngine` on its own client built by :func:`connect`; closed afterwards."""
     client = connect(url, max_connections=max_connections, socket_timeout=socket_timeout)
     try:
-        yield RedisEngine(client, namespace=namespace, partitions=PARTITIONS)
+        engine = RedisEngine(client, namespace=namespace, partitions=PARTITIONS)
+        await engine.mark_ready(0)
+        yield engine
     finally:
         await client.aclose()
 

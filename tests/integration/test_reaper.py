@@ -22,6 +22,7 @@ async def test_a_burst_reaper_expires_every_overdue_hold_across_batches_and_exit
 ):
     clock = ManualClock()
     engine = RedisEngine(redis_client, namespace=namespace, partitions=4, clock=clock)
+    await engine.mark_ready(0)
     sku = _id("sku")
     await engine.receive(sku, "W1", 1_000)
     rids = [_id("r") for _ in range(120)]
@@ -43,6 +44,7 @@ async def test_a_burst_reaper_expires_every_overdue_hold_across_batches_and_exit
 async def test_a_reaper_leaves_holds_that_are_not_yet_due(redis_client: Redis, namespace: str):
     clock = ManualClock()
     engine = RedisEngine(redis_client, namespace=namespace, partitions=2, clock=clock)
+    await engine.mark_ready(0)
     sku, rid = _id("sku"), _id("r")
     await engine.receive(sku, "W1", 5)
     await engine.reserve(ReserveRequest(rid, (Line(sku, 5, ("W1",)),), ttl_ms=1_000))
@@ -53,6 +55,7 @@ async def test_a_reaper_leaves_holds_that_are_not_yet_due(redis_client: Redis, n
 
 async def test_close_stops_a_running_reaper(redis_client: Redis, namespace: str):
     engine = RedisEngine(redis_client, namespace=namespace, partitions=2)
+    await engine.mark_ready(0)
     reaper = Reaper(engine, interval_ms=20)
     task = asyncio.create_task(reaper.main())
     await asyncio.sleep(0.1)

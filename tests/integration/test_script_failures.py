@@ -255,8 +255,8 @@ async def test_a_reserve_repeated_after_the_raw_script_ran_returns_the_same_allo
         await engine.receive(sku, w2, 4)
         req = _order(new_id("r"), Line(sku, 5, (w1, w2), allow_split=True))
         rid = req.reservation_id
-        keys = [k.reservation(rid), k.reservation_deadlines(rid)]
-        keys += [k.sku(sku), k.warehouses(sku), k.holds(sku), k.sku_stream(sku)]
+        keys = [k.reservation(rid), k.reservation_deadlines(rid), k.reservation_ready(rid)]
+        keys += [k.sku(sku), k.warehouses(sku), k.holds(sku), k.sku_stream(sku), k.sku_ready(sku)]
         keys += [k.stock(sku, w1), k.stock(sku, w2)]
         args = ["0", str(DEFAULT_RETENTION_MS), rid, req.fingerprint(), str(req.ttl_ms)]
         args += [str(DEFAULT_MAX_HOLD_LIFETIME_MS), "", "", "1", sku, "5", "1", "2", w1, w2]

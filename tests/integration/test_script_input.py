@@ -55,14 +55,18 @@ class World:
 
     def record(self) -> list[str]:
         k, a = self.k, self.a
-        return [k.stock(a, self.w1), k.sku(a), k.warehouses(a), k.sku_stream(a)]
+        return [k.stock(a, self.w1), k.sku(a), k.warehouses(a), k.sku_stream(a), k.sku_ready(a)]
 
     def reserve(self) -> list[str]:
         k, a, b, w1, w2, rid = self.k, self.a, self.b, self.w1, self.w2, self.fresh
-        keys = [k.reservation(rid), k.reservation_deadlines(rid)]
-        keys += [k.sku(a), k.warehouses(a), k.holds(a), k.sku_stream(a), k.stock(a, w1)]
-        keys += [k.stock(a, w2), k.sku(b), k.warehouses(b), k.holds(b), k.sku_stream(b)]
+        keys = [k.reservation(rid), k.reservation_deadlines(rid), k.reservation_ready(rid)]
+        keys += [k.sku(a), k.warehouses(a), k.holds(a), k.sku_stream(a), k.sku_ready(a)]
+        keys += [k.stock(a, w1), k.stock(a, w2)]
+        keys += [k.sku(b), k.warehouses(b), k.holds(b), k.sku_stream(b), k.sku_ready(b)]
         return [*keys, k.stock(b, w1)]
+
+    def header(self, rid: str) -> list[str]:
+        return [self.k.reservation(rid), self.k.reservation_ready(rid)]
 
 
 # Valid calls: script -> (KEYS, ARGV); ARGV[1] is the clock ('0' = server time).
@@ -75,16 +79,20 @@ BASE: dict[str, Callable[[World], tuple[list[str], list[str]]]] = {
         ["0", w.a, w.w1, w.w2, "1", "ref", "tester"]),
     "set_safety_stock": lambda w: (w.record(), ["0", w.a, w.w1, "1", "tester"]),
     "set_policy": lambda w: (
-        [w.k.sku(w.a), w.k.sku_stream(w.a)], ["0", w.a, *"000000", "1000", "tester"]),
+        [w.k.sku(w.a), w.k.sku_stream(w.a), w.k.sku_ready(w.a)],
+        ["0", w.a, *"000000", "1000", "tester"]),
     "reserve": lambda w: (w.reserve(), [
         "0", "86400000", w.fresh, "ab" * 32, "60000", "7200000", "own-1", "tester", "2",
         w.a, "1", "0", "2", w.w1, w.w2, w.b, "1", "1", "1", w.w1]),
-    "confirm": lambda w: ([w.k.reservation(w.pending)], ["0", "86400000", "tester"]),
-    "release": lambda w: ([w.k.reservation(w.pending)], ["0", "86400000", "tester"]),
-    "extend": lambda w: ([w.k.reservation(w.pending)], ["0", "86400000", "1000", "tester"]),
-    "fulfill": lambda w: ([w.k.reservation(w.confirmed)], ["0", "86400000", "tester"]),
-    "cancel": lambda w: ([w.k.reservation(w.confirmed)], ["0", "86400000", "tester"]),
-    "expire": lambda w: ([w.k.reservation_deadlines(w.pending)], ["0", "86400000", "100"]),
+    "confirm": lambda w: (w.header(w.pending), ["0", "86400000", "tester"]),
+    "release": lambda w: (w.header(w.pending), ["0", "86400000", "tester"]),
+    "extend": lambda w: (w.header(w.pending), ["0", "86400000", "1000", "tester"]),
+    "fulfill": lambda w: (w.header(w.confirmed), ["0", "86400000", "tester"]),
+    "cancel": lambda w: (w.header(w.confirmed), ["0", "86400000", "tester"]),
+    "expire": lambda w: (
+        [w.k.reservation_deadlines(w.pending), w.k.reservation_ready(w.pending)],
+        ["0", "86400000", "100"]),
+    "mark_ready": lambda w: (w.k.all_ready(), ["0", "0"]),
 }  # fmt: skip
 
 # script -> {ARGV index: kind}; kinds are ("int", lo, hi), "id", "opt_id", "text", "flag", "fp".
@@ -108,6 +116,7 @@ SLOTS: dict[str, dict[int, Kind]] = {
     "fulfill": {2: RETENTION, 3: "text"},
     "cancel": {2: RETENTION, 3: "text"},
     "expire": {2: RETENTION, 3: ("int", 1, 10_000)},
+    "mark_ready": {2: STOCK},
 }  # fmt: skip
 
 
@@ -166,6 +175,7 @@ def _cases() -> Iterator[object]:
 async def world(redis_client: redis.asyncio.Redis, namespace: str) -> World:
     """Stock, a pending and a confirmed two-line reservation, all in ``namespace``."""
     engine = RedisEngine(redis_client, namespace=namespace, partitions=PARTITIONS)
+    await engine.mark_ready(0)
     w = World(engine.keys)
     for sku in (w.a, w.b):
         for wh in (w.w1, w.w2):

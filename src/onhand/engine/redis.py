@@ -16,9 +16,12 @@ surface the error for the caller's own idempotency layer. Build the client with
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
@@ -46,6 +49,7 @@ from onhand.engine.scripts import Scripts
 from onhand.engine.snapshot import read_events, read_state
 from onhand.errors import (
     EngineFault,
+    EngineNotReady,
     EngineUnavailable,
     IdempotencyConflict,
     InsufficientStock,
@@ -63,11 +67,21 @@ from onhand.events import Event
 from onhand.keys import Keys
 from onhand.state import State
 
-__all__ = ["DEFAULT_RETENTION_MS", "RedisEngine", "connect"]
+__all__ = ["DEFAULT_RETENTION_MS", "RedisEngine", "StreamEvent", "connect"]
 
 DEFAULT_RETENTION_MS = 24 * 60 * 60 * 1000
 """Resolved reservations are kept this long (24 h) so repeats stay idempotent."""
 _OK = ("OK", "REPLAY")
+RUN_ID_TTL_S = 1.0
+"""Reads trust a cached server run_id this long (writes check the live one)."""
+
+
+class StreamEvent(NamedTuple):
+    """An event as appended: its partition, stream entry id (``ms-seq``) and content."""
+
+    partition: int
+    stream_id: str
+    event: Event
 
 
 def connect(url: str, **kwargs: object) -> Redis:
@@ -109,6 +123,8 @@ class RedisEngine(StockEngine):
             "max_hold_lifetime_ms", max_hold_lifetime_ms, 1, MAX_STOCK
         )
         self._retention = str(check_int("retention_ms", retention_ms, 1, MAX_STOCK))
+        self._run_id: str | None = None
+        self._run_id_checked = 0.0
 
     # -- calling scripts -----------------------------------------------------------------
     def _now_arg(self) -> str:
@@ -139,6 +155,8 @@ class RedisEngine(StockEngine):
         code, at_ms = values[0], int(values[1])
         if code == "BADARG":
             raise InvalidInput(f"argv[{values[2]}]", "rejected by the script", at_ms=at_ms)
+        if code == "NOTREADY":
+            raise EngineNotReady(f"{name}: Redis is fenced; retry later", at_ms=at_ms)
         if code in ("WRONGTYPE", "CORRUPT"):
             raise EngineFault(
                 f"{name}: a key has an unexpected type or content; nothing changed", at_ms=at_ms
@@ -147,7 +165,13 @@ class RedisEngine(StockEngine):
 
     def _record_args(self, sku: str, warehouse: str) -> list[str]:
         k = self.keys
-        return [k.stock(sku, warehouse), k.sku(sku), k.warehouses(sku), k.sku_stream(sku)]
+        return [
+            k.stock(sku, warehouse),
+            k.sku(sku),
+            k.warehouses(sku),
+            k.sku_stream(sku),
+            k.sku_ready(sku),
+        ]
 
     async def _stock_op(
         self, name: str, sku: str, warehouse: str, args: list[str], *, retry: bool = False
@@ -235,6 +259,7 @@ class RedisEngine(StockEngine):
             k.sku(sku),
             k.warehouses(sku),
             k.sku_stream(sku),
+            k.sku_ready(sku),
         ]
         code, at, out, _ = await self._run(
             "transfer", keys, [sku, source, destination, str(qty), reference, actor], retry=False
@@ -278,7 +303,10 @@ class RedisEngine(StockEngine):
             actor,
         ]
         code, at, _, _ = await self._run(
-            "set_policy", [self.keys.sku(sku), self.keys.sku_stream(sku)], args, retry=True
+            "set_policy",
+            [self.keys.sku(sku), self.keys.sku_stream(sku), self.keys.sku_ready(sku)],
+            args,
+            retry=True,
         )
         if code != "OK":
             raise OnhandError(f"set_policy: unexpected reply {code}", at_ms=at)
@@ -304,7 +332,7 @@ class RedisEngine(StockEngine):
         if not isinstance(request, ReserveRequest):
             raise InvalidInput("request", "must be a ReserveRequest")
         k, rid = self.keys, request.reservation_id
-        keys = [k.reservation(rid), k.reservation_deadlines(rid)]
+        keys = [k.reservation(rid), k.reservation_deadlines(rid), k.reservation_ready(rid)]
         args = [
             self._retention,
             rid,
@@ -321,6 +349,7 @@ class RedisEngine(StockEngine):
                 k.warehouses(line.sku),
                 k.holds(line.sku),
                 k.sku_stream(line.sku),
+                k.sku_ready(line.sku),
             ]
             keys += [k.stock(line.sku, wh) for wh in line.warehouses]
             args += [
@@ -349,13 +378,21 @@ class RedisEngine(StockEngine):
         raise OnhandError(f"reserve: unexpected reply {code}", at_ms=at)
 
     async def _transition(
-        self, name: str, rid: str, action: str, extra: list[str], actor: str
+        self,
+        name: str,
+        rid: str,
+        action: str,
+        extra: list[str],
+        actor: str,
+        *,
+        tail: list[str] | None = None,
     ) -> Reservation:
         check_id("reservation_id", rid), check_text("actor", actor)
-        code, at, out, _ = await self._run(
-            name, [self.keys.reservation(rid)], [self._retention, *extra, actor], retry=True
-        )
+        keys = [self.keys.reservation(rid), self.keys.reservation_ready(rid)]
+        code, at, out, _ = await self._run(name, keys, [self._retention, *extra, actor], retry=True)
         if code in _OK:
+            if tail is not None:
+                tail.extend(out[5:])
             return self._reservation(rid, at, out, code == "REPLAY")
         if code == "NOTFOUND":
             raise ReservationNotFound(rid, at_ms=at)
@@ -366,7 +403,35 @@ class RedisEngine(StockEngine):
         raise OnhandError(f"{name}: unexpected reply {code}", at_ms=at)
 
     async def confirm(self, reservation_id: str, *, actor: str = "") -> Reservation:
-        return await self._transition("confirm", reservation_id, "confirm", [], actor)
+        reservation, _ = await self.confirm_with_events(reservation_id, actor=actor)
+        return reservation
+
+    async def confirm_with_events(
+        self, reservation_id: str, *, actor: str = ""
+    ) -> tuple[Reservation, list[StreamEvent]]:
+        """:meth:`confirm`, also returning the events it appended (none on a repeat).
+
+        The ledger writes these through to Postgres before a confirm is acknowledged.
+        """
+        out: list[str] = []
+        reservation = await self._transition(
+            "confirm", reservation_id, "confirm", [], actor, tail=out
+        )
+        return reservation, self._parse_emitted(out)
+
+    def _parse_emitted(self, out: list[str]) -> list[StreamEvent]:
+        if not out:
+            return []
+        events, i = [], 1
+        for _ in range(int(out[0])):
+            stream, entry_id, n = out[i], out[i + 1], int(out[i + 2])
+            flat = out[i + 3 : i + 3 + n]
+            fields = dict(zip(flat[::2], flat[1::2], strict=True))
+            events.append(
+                StreamEvent(self.keys.stream_partition(stream), entry_id, Event.from_fields(fields))
+            )
+            i += 3 + n
+        return events
 
     async def release(self, reservation_id: str, *, actor: str = "") -> Reservation:
         return await self._transition("release", reservation_id, "release", [], actor)
@@ -396,9 +461,65 @@ class RedisEngine(StockEngine):
     async def expire_partition(self, partition: int, limit: int = 500) -> int:
         """One reaper batch for one partition (see ``expire.lua``): all or nothing."""
         _, _, out, _ = await self._run(
-            "expire", [self.keys.deadlines(partition)], [self._retention, str(limit)], retry=True
+            "expire",
+            [self.keys.deadlines(partition), self.keys.ready(partition)],
+            [self._retention, str(limit)],
+            retry=True,
         )
         return int(out[0])
+
+    # -- fencing ---------------------------------------------------------------------------
+    async def mark_ready(self, epoch: int, partitions: Sequence[int] | None = None) -> str:
+        """Open partitions (all by default) for this server; returns its run_id.
+
+        Only the ledger's recovery may call this, after verifying or rebuilding Redis.
+        """
+        check_int("epoch", epoch, 0, MAX_STOCK)
+        parts = range(self.keys.partitions) if partitions is None else partitions
+        keys = [self.keys.ready(p) for p in parts]
+        _, _, out, _ = await self._run("mark_ready", keys, [str(epoch)], retry=True)
+        self._run_id, self._run_id_checked = out[0], time.monotonic()
+        return out[0]
+
+    async def fence(self) -> None:
+        """Close every partition: all operations answer ``EngineNotReady`` until reopened."""
+        try:
+            await self.client.delete(*self.keys.all_ready())
+        except RedisError as exc:
+            raise EngineUnavailable(f"fence: {exc}") from exc
+
+    async def readiness(self) -> dict[int, str | None]:
+        """Each partition's marker if it is open for the current server, else ``None``."""
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.info("server")
+                for key in self.keys.all_ready():
+                    pipe.get(key)
+                info, *markers = await pipe.execute()
+        except RedisError as exc:
+            raise EngineUnavailable(f"readiness: {exc}") from exc
+        run_id = str(info["run_id"])
+        self._run_id, self._run_id_checked = run_id, time.monotonic()
+        out: dict[int, str | None] = {}
+        for p, marker in enumerate(markers):
+            value = _text(marker) if marker is not None else None
+            out[p] = value if value is not None and value.endswith(f":{run_id}") else None
+        return out
+
+    async def _guard_read(self, marker: object, pipe_info: object | None) -> None:
+        """Refuse a read of a partition that is not open for the current server.
+
+        Reads compare against the server's run_id cached for at most ``RUN_ID_TTL_S``
+        (writes compare against the live one inside every script).
+        """
+        if isinstance(pipe_info, dict):
+            self._run_id, self._run_id_checked = str(pipe_info["run_id"]), time.monotonic()
+        value = _text(marker) if marker is not None else ""
+        if not self._run_id or not value.endswith(f":{self._run_id}"):
+            raise EngineNotReady("Redis is fenced; retry later")
+
+    def _run_id_stale(self) -> bool:
+        return self._run_id is None or time.monotonic() - self._run_id_checked > RUN_ID_TTL_S
 
     # -- reads ---------------------------------------------------------------------------
     def _server_now(self, pipe_time: list[bytes | str]) -> int:
@@ -407,54 +528,72 @@ class RedisEngine(StockEngine):
         seconds, micros = pipe_time
         return int(seconds) * 1000 + int(micros) // 1000
 
-    async def get_reservation(self, reservation_id: str) -> Reservation:
-        check_id("reservation_id", reservation_id)
+    async def _read(
+        self, name: str, ready_key: str, build: Callable[[Pipeline], object]
+    ) -> tuple[int, list[Any]]:
+        """Run ``build``'s reads in one pipeline behind the read guard; returns the server
+        time and the reads' replies."""
+        stale = self._run_id_stale()
         try:
             async with self.client.pipeline(transaction=False) as pipe:
-                pipe.hmget(self.keys.reservation(reservation_id), ["st", "cr", "dl", "own", "al"])
+                pipe.get(ready_key)
                 pipe.time()
-                raw, server_time = await pipe.execute()
+                if stale:
+                    pipe.info("server")
+                build(pipe)
+                replies = await pipe.execute()
         except RedisError as exc:
-            raise EngineUnavailable(f"get_reservation: {exc}") from exc
-        now = self._server_now(server_time)
+            raise EngineUnavailable(f"{name}: {exc}") from exc
+        marker, server_time, *rest = replies
+        info = rest.pop(0) if stale else None
+        await self._guard_read(marker, info)
+        return self._server_now(server_time), rest
+
+    async def get_reservation(self, reservation_id: str) -> Reservation:
+        check_id("reservation_id", reservation_id)
+        key = self.keys.reservation(reservation_id)
+        now, (raw,) = await self._read(
+            "get_reservation",
+            self.keys.reservation_ready(reservation_id),
+            lambda pipe: pipe.hmget(key, ["st", "cr", "dl", "own", "al"]),
+        )
         if raw[0] is None:
             raise ReservationNotFound(reservation_id, at_ms=now)
         return self._reservation(reservation_id, now, [_text(v or b"") for v in raw], False)
 
     async def stock_level(self, sku: str, warehouse: str) -> StockLevel:
         check_id("sku", sku), check_id("warehouse", warehouse)
-        try:
-            raw = await self.client.hmget(
-                self.keys.stock(sku, warehouse), ["on", "he", "co", "ss", "v", "low"]
-            )
-        except RedisError as exc:
-            raise EngineUnavailable(f"stock_level: {exc}") from exc
+        key = self.keys.stock(sku, warehouse)
+        _, (raw,) = await self._read(
+            "stock_level",
+            self.keys.sku_ready(sku),
+            lambda pipe: pipe.hmget(key, ["on", "he", "co", "ss", "v", "low"]),
+        )
         return _level(sku, warehouse, [_text(v) if v is not None else "0" for v in raw])
 
     async def availability(self, sku: str) -> SkuAvailability:
         check_id("sku", sku)
         k = self.keys
+
+        def reads(pipe: Pipeline) -> None:
+            pipe.hmget(k.sku(sku), ["bo", "po", "prel", "rp", "rq", "lt", "mlq", "bey"])
+            pipe.smembers(k.warehouses(sku))
+
+        now, (policy_raw, members) = await self._read("availability", k.sku_ready(sku), reads)
+        warehouses = sorted(_text(w) for w in members)
         try:
-            warehouses = sorted(_text(w) for w in await self.client.smembers(k.warehouses(sku)))
             async with self.client.pipeline(transaction=False) as pipe:
-                pipe.time()
-                pipe.hmget(k.sku(sku), ["bo", "po", "prel", "rp", "rq", "lt", "mlq", "bey"])
                 for wh in warehouses:
                     pipe.hmget(k.stock(sku, wh), ["on", "he", "co", "ss", "v", "low"])
-                replies = await pipe.execute()
+                records = await pipe.execute()
         except RedisError as exc:
             raise EngineUnavailable(f"availability: {exc}") from exc
-        now = self._server_now(replies[0])
-        p = [int(_text(v)) if v is not None else None for v in replies[1]]
-        policy = SkuPolicy(
-            *(
-                v if v is not None else d
-                for v, d in zip(p[:7], (0, 0, 0, 0, 0, 0, MAX_QTY), strict=True)
-            )
-        )
+        p = [int(_text(v)) if v is not None else None for v in policy_raw]
+        defaults = (0, 0, 0, 0, 0, 0, MAX_QTY)
+        policy = SkuPolicy(*(d if v is None else v for v, d in zip(p[:7], defaults, strict=True)))
         levels = tuple(
             _level(sku, wh, [_text(v) if v is not None else "0" for v in raw])
-            for wh, raw in zip(warehouses, replies[2:], strict=True)
+            for wh, raw in zip(warehouses, records, strict=True)
         )
         return SkuAvailability(sku, levels, policy, p[7] or 0, now)
 

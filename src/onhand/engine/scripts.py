@@ -33,6 +33,7 @@ SCRIPT_NAMES = (
     "fulfill",
     "cancel",
     "expire",
+    "mark_ready",
 )
 
 

@@ -1,0 +1,1 @@
+"""The durable ledger: Postgres tables, the stream writer, rehydration, reconciliation."""
