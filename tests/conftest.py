@@ -21,6 +21,20 @@ Fixtures:
 
 Tests using ``redis_url`` or ``private_redis`` are marked ``redis`` automatically.
 No test here ever flushes a database.
+
+PostgreSQL (see :mod:`tests.pg`):
+
+* ``pg_admin_url`` (session): admin URL of the PostgreSQL server every test shares
+  (a role that may CREATE DATABASE and CREATE ROLE); see
+  :func:`tests.pg.find_postgres_url`. When nothing answers, a private server is
+  started for the session (initdb into a temporary directory) and stopped at its end.
+* ``database_url``: a fresh database ``onhand_t<8 hex>`` per test, migrated to head
+  with :func:`onhand.ledger.migrate.upgrade`; its plain ``postgresql://…`` URL is
+  yielded and the database is dropped afterwards (``WITH (FORCE)``). Nothing else
+  on the server is touched. Create + migrate takes about 0.15 s, so there is no
+  template database.
+
+Tests using ``pg_admin_url`` or ``database_url`` are marked ``postgres`` automatically.
 """
 
 from __future__ import annotations
@@ -32,35 +46,62 @@ import pytest
 import redis
 import redis.asyncio
 
+from onhand.ledger.migrate import upgrade
+from tests.pg import (
+    PostgresServer,
+    create_database,
+    drop_database,
+    find_postgres_bindir,
+    find_postgres_url,
+    new_database_name,
+    run_async,
+)
 from tests.servers import RedisServer, find_redis_binary, find_redis_url
 
 _SERVER_FIXTURES = frozenset({"redis_url", "private_redis"})
+_POSTGRES_FIXTURES = frozenset({"pg_admin_url", "database_url"})
 
 
 _SESSION_REDIS = pytest.StashKey[str | None]()
+_SESSION_POSTGRES = pytest.StashKey[str | None]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Choose the session's Redis once; a bad ONHAND_TEST_REDIS* setting is a usage error."""
+    """Choose the session's Redis and PostgreSQL once; a bad setting is a usage error."""
     try:
         config.stash[_SESSION_REDIS] = find_redis_url()
+        config.stash[_SESSION_POSTGRES] = find_postgres_url()
     except ValueError as exc:
         raise pytest.UsageError(str(exc)) from exc
 
 
-def pytest_report_header(config: pytest.Config) -> str:
-    """Say which Redis the session will use."""
-    url = config.stash[_SESSION_REDIS]
-    if url is None:
-        return f"redis: private {find_redis_binary()} (started on first use)"
-    return f"redis: {url}"
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """Say which Redis and which PostgreSQL the session will use."""
+    redis_url = config.stash[_SESSION_REDIS]
+    if redis_url is None:
+        lines = [f"redis: private {find_redis_binary()} (started on first use)"]
+    else:
+        lines = [f"redis: {redis_url}"]
+    pg_url = config.stash[_SESSION_POSTGRES]
+    if pg_url is None:
+        try:
+            where = str(find_postgres_bindir())
+        except Exception as exc:
+            where = f"UNAVAILABLE ({exc})"
+        lines.append(f"postgres: private {where} (started on first use)")
+    else:
+        lines.append(f"postgres: {pg_url}")
+    return lines
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test that needs a real server with ``redis``."""
+    """Mark every test that needs a real server with ``redis`` or ``postgres``."""
     for item in items:
-        if _SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        names = getattr(item, "fixturenames", ())
+        if _SERVER_FIXTURES.intersection(names):
             item.add_marker(pytest.mark.redis)
+        if _POSTGRES_FIXTURES.intersection(names):
+            item.add_marker(pytest.mark.postgres)
 
 
 @pytest.fixture(scope="session")
@@ -120,3 +161,26 @@ def private_redis(request: pytest.FixtureRequest) -> Iterator[RedisServer]:
     extra_args: tuple[str, ...] = tuple(getattr(request, "param", ()))
     with RedisServer(*extra_args) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url(pytestconfig: pytest.Config) -> Iterator[str]:
+    """Admin URL of the PostgreSQL server shared by the whole test session."""
+    url = pytestconfig.stash[_SESSION_POSTGRES]
+    if url is not None:
+        yield url
+        return
+    with PostgresServer() as server:
+        yield server.admin_url
+
+
+@pytest.fixture
+def database_url(pg_admin_url: str) -> Iterator[str]:
+    """A fresh database migrated to head, as ``postgresql://…/onhand_t<8 hex>``; dropped after."""
+    name = new_database_name()
+    url = create_database(pg_admin_url, name)
+    try:
+        run_async(lambda: upgrade(url))
+        yield url
+    finally:
+        drop_database(pg_admin_url, name)

@@ -43,11 +43,13 @@ from onhand.events import Event
 from onhand.state import State
 from tests.engines import make_engine, make_ready
 
-pytestmark = pytest.mark.redis
+# Generous timeout: after a failure, Hypothesis shrinks (re-running many examples).
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(900)]
 
 SKUS = ("sku-a", "sku-b", "sku-c")  # partitions 2, 0, 6 of 8
 WAREHOUSES = ("wh-1", "wh-2", "wh-3")
 RESERVATIONS = tuple(f"res-{i}" for i in range(12))  # spread over the 8 partitions
+# The attributes of onhand's exceptions that callers act on (compared across engines).
 ERROR_ATTRS = (
     "at_ms",
     "field",
@@ -126,7 +128,11 @@ class EngineMachine(RuleBasedStateMachine):
         self.redis = make_engine(
             "redis", clock=self.clock, redis_client=self.client, namespace=self.namespace
         )
-        self.loop.run_until_complete(make_ready(self.redis))
+        try:
+            self.loop.run_until_complete(make_ready(self.redis))
+        except BaseException:
+            self.teardown()
+            raise
         self.requests: dict[str, ReserveRequest] = {}
         self._states: tuple[State, State] | None = None
 
@@ -224,7 +230,7 @@ class EngineMachine(RuleBasedStateMachine):
 
     @rule(
         sku=skus,
-        backorder=st.sampled_from([0, 0, 2, 6]),
+        backorder=st.sampled_from([0, 2, 6]),
         preorder=st.sampled_from([0, 0, 3]),
         release_in=st.sampled_from([-5_000, 0, 1_000, 60_000]),
         reorder=st.sampled_from([0, 2, 5]),
@@ -329,7 +335,8 @@ class EngineMachine(RuleBasedStateMachine):
     def advance_clock(self, data: st.DataObject, ms: int) -> None:
         """By ``ms``, or (when there are pending holds) to one of their deadlines ±1."""
         deadlines = sorted(set(self.memory_state().deadlines.values()))
-        if deadlines and data.draw(st.booleans(), label="to a deadline?"):
+        to_a_deadline: bool = data.draw(st.booleans(), label="to a deadline?")
+        if deadlines and to_a_deadline:
             deadline = data.draw(st.sampled_from(deadlines), label="deadline")
             offset = data.draw(st.sampled_from([-1, 0, 0, 1]), label="offset")
             self.clock.now_ms = max(self.clock.now_ms, deadline + offset)
@@ -348,7 +355,7 @@ class EngineMachine(RuleBasedStateMachine):
         rid = self.pick_reservation(data)
         self.both(f"get_reservation({rid})", lambda e: e.get_reservation(rid))
 
-    # -- invariants ------------------------------------------------------------------------
+    # -- helpers and invariants ------------------------------------------------------------
     def memory_state(self) -> State:
         return self.run(self.memory.state())  # type: ignore[no-any-return]
 

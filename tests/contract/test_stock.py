@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from onhand.domain import SkuPolicy, StockLevel
+from onhand.domain import MAX_STOCK, SkuPolicy, StockLevel
 from onhand.engine.base import ManualClock, StockEngine
-from onhand.errors import InsufficientStock, InvalidInput, Shortfall, VersionConflict
+from onhand.errors import (
+    InsufficientStock,
+    InvalidInput,
+    Shortfall,
+    StockLimitExceeded,
+    VersionConflict,
+)
 from onhand.events import EventType
 from tests.contract.support import line, new_id, order, snapshot
 
@@ -293,3 +299,20 @@ async def test_availability_lists_every_warehouse_of_the_sku_with_totals(
 async def test_availability_of_an_unknown_sku_is_empty(engine: StockEngine, sku):
     availability = await engine.availability(sku)
     assert (availability.levels, availability.policy, availability.beyond) == ((), SkuPolicy(), 0)
+
+
+async def test_no_counter_may_pass_the_stock_limit(engine: StockEngine, sku, wh):
+    dest = new_id("wh")
+    await engine.set_count(sku, wh, MAX_STOCK - 1, expected_version=0)
+    await engine.receive(sku, dest, 5)
+    before = await snapshot(engine)
+    for change in (
+        lambda: engine.receive(sku, wh, 2),
+        lambda: engine.adjust(sku, wh, 2, reason="found"),
+        lambda: engine.transfer(sku, dest, wh, 2),
+    ):
+        with pytest.raises(StockLimitExceeded) as err:
+            await change()
+        assert (err.value.sku, err.value.warehouse) == (sku, wh)
+    assert await snapshot(engine) == before
+    assert (await engine.receive(sku, wh, 1)).on_hand == MAX_STOCK

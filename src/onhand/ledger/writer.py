@@ -1,0 +1,401 @@
+"""The stream writer: drains every partition stream into the Postgres ledger.
+
+One consumer group (``group``) over every partition stream, created from id ``0`` so
+nothing already in a stream is skipped. The loop:
+
+1. on start, re-read this consumer's own pending entries (id ``0``) before new ones;
+2. every ``claim_idle_ms``, take over entries that another (dead) consumer left pending
+   longer than that (``XAUTOCLAIM``); ids it reports as deleted were trimmed before
+   anyone persisted them: they are recorded in ``lost_events`` and counted, loudly;
+3. read a batch (``XREADGROUP … >``), apply it in **one** Postgres transaction
+   (:meth:`LedgerStore.apply`: idempotent inserts, version-guarded projections, the
+   watermark), and ``XACK`` only after ``COMMIT``;
+4. every ``trim_interval_ms``, trim each stream with ``MINID`` below both the committed
+   watermark and the oldest entry still pending — never with ``MAXLEN``, which drops
+   entries nobody has persisted.
+
+While Postgres is unreachable the writer backs off and retries the same batch without
+acknowledging anything; Redis keeps serving. An event that fails on its own
+``max_attempts`` times goes to ``dead_letters`` with the error (then it is acknowledged).
+SIGTERM/SIGINT finish the batch in flight, then stop. ``burst=True`` drains everything
+and returns (tests, the CLI).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import asyncpg
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+
+from onhand.events import Event
+from onhand.keys import Keys
+from onhand.ledger.metrics import WriterMetrics
+from onhand.ledger.rows import build_batch, parse_stream_id
+from onhand.ledger.store import LedgerStore
+
+__all__ = ["StreamWriter"]
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+TRANSIENT_PG = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.TransactionRollbackError,
+    asyncpg.exceptions.InsufficientResourcesError,
+)
+"""Postgres errors that say nothing about the data: back off and retry the batch."""
+
+
+@dataclass(slots=True)
+class _Entry:
+    partition: int
+    stream: str
+    stream_id: str
+    fields: dict[str, str] | None
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class StreamWriter:
+    """Long-running writer over one namespace's streams (``main()``, ``close()``, burst)."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        store: LedgerStore,
+        keys: Keys,
+        *,
+        group: str = "onhand-ledger",
+        consumer: str | None = None,
+        batch: int = 5_000,
+        block_ms: int = 200,
+        claim_idle_ms: int = 30_000,
+        max_attempts: int = 3,
+        trim_interval_ms: int = 1_000,
+        burst: bool = False,
+        metrics: WriterMetrics | None = None,
+    ) -> None:
+        self.redis = redis
+        self.store = store
+        self.keys = keys
+        self.group = group
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
+        self.batch = batch
+        self.block_ms = block_ms
+        self.claim_idle_ms = claim_idle_ms
+        self.max_attempts = max_attempts
+        self.trim_interval_ms = trim_interval_ms
+        self.burst = burst
+        self.metrics = metrics if metrics is not None else WriterMetrics()
+        self.streams = keys.all_streams()
+        self.written = 0
+        self.lost = 0
+        self.dead_lettered = 0
+        self.divergent: list[str] = []
+        self._stop = asyncio.Event()
+        self._backoff_s = 0.05
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop after the batch in flight (it is committed and acknowledged first)."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    async def run(self) -> None:
+        """:meth:`main` with SIGINT/SIGTERM wired to :meth:`close`."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.close)
+        try:
+            await self.main()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+    async def setup(self) -> None:
+        """Create the consumer group on every stream, from id 0 (idempotent)."""
+        for stream in self.streams:
+            try:
+                await self.redis.xgroup_create(stream, self.group, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    async def main(self) -> None:
+        await self._retry_redis(self.setup)
+        await self._drain(own_pending=True)
+        next_claim = next_trim = 0.0
+        while not self.stopping:
+            now = time.monotonic()
+            claimed = 0
+            if now >= next_claim:
+                claimed = await self._retry_redis(self._claim)
+                next_claim = now + self.claim_idle_ms / 2000
+            read = await self._retry_redis(lambda: self._read(">", block=not self.burst))
+            if read:
+                await self._process(read)
+            if now >= next_trim or (self.burst and not read):
+                await self._retry_redis(self.trim)
+                next_trim = now + self.trim_interval_ms / 1000
+            if self.burst and not read and not claimed:
+                if not await self._retry_redis(lambda: self._read("0", block=False)):
+                    return
+                await self._drain(own_pending=True)
+
+    # -- reading -------------------------------------------------------------------------
+    async def _retry_redis(self, call: Callable[[], Awaitable[T]]) -> T:
+        delay = 0.05
+        while True:
+            try:
+                return await call()
+            except RedisError as exc:
+                if self.stopping:
+                    raise
+                logger.warning("writer: Redis error (%s); retrying in %.2fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _read(self, start: str, *, block: bool) -> list[_Entry]:
+        reply: Any = await self.redis.xreadgroup(
+            self.group,
+            self.consumer,
+            dict.fromkeys(self.streams, start),
+            count=self.batch,
+            block=self.block_ms if block else None,
+        )
+        entries: list[_Entry] = []
+        for stream_raw, items in reply or []:
+            stream = _s(stream_raw)
+            partition = self.keys.stream_partition(stream)
+            for stream_id, fields in items:
+                decoded = {_s(k): _s(v) for k, v in fields.items()} if fields else None
+                entries.append(_Entry(partition, stream, _s(stream_id), decoded))
+        return entries
+
+    async def _drain(self, *, own_pending: bool) -> None:
+        """Process this consumer's own pending entries (id 0) until none are left."""
+        while not self.stopping:
+            entries = await self._retry_redis(lambda: self._read("0", block=False))
+            if not entries:
+                return
+            await self._process(entries)
+
+    async def _claim(self) -> int:
+        """Take over entries idle longer than ``claim_idle_ms``; count deleted ones as lost."""
+        claimed = 0
+        for stream in self.streams:
+            partition = self.keys.stream_partition(stream)
+            cursor = "0-0"
+            for _ in range(100):  # bounded: XAUTOCLAIM scans at most COUNT*10 per call
+                reply = await self.redis.xautoclaim(
+                    stream, self.group, self.consumer, self.claim_idle_ms, cursor, count=self.batch
+                )
+                cursor = _s(reply[0])
+                items = reply[1]
+                deleted = [_s(d) for d in (reply[2] if len(reply) > 2 else [])]
+                if deleted:
+                    await self._lost(partition, stream, deleted, ack=False)
+                entries = [
+                    _Entry(
+                        partition,
+                        stream,
+                        _s(i),
+                        {_s(k): _s(v) for k, v in f.items()} if f else None,
+                    )
+                    for i, f in items
+                ]
+                if entries:
+                    claimed += len(entries)
+                    await self._process(entries)
+                if cursor == "0-0":
+                    break
+        return claimed
+
+    # -- processing ----------------------------------------------------------------------
+    async def _lost(self, partition: int, stream: str, ids: list[str], *, ack: bool) -> None:
+        logger.error(
+            "writer: %d entries of %s vanished before they were persisted (trimmed while "
+            "pending): %s — counted in lost_events",
+            len(ids),
+            stream,
+            ", ".join(ids[:10]),
+        )
+        await self._retry_pg(
+            lambda: self.store.record_lost(partition, ids, "trimmed-while-pending")
+        )
+        self.lost += len(ids)
+        self.metrics.lost.inc(len(ids))
+        if ack:
+            await self._retry_redis(lambda: self.redis.xack(stream, self.group, *ids))
+
+    async def _retry_pg(self, call: Callable[[], Awaitable[T]]) -> T:
+        delay = 0.05
+        while True:
+            try:
+                return await call()
+            except TRANSIENT_PG as exc:
+                self.metrics.postgres_errors.inc()
+                if self.stopping:
+                    raise
+                logger.warning("writer: Postgres unavailable (%s); retrying in %.2fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _process(self, entries: list[_Entry]) -> None:
+        """Persist ``entries`` (one transaction), then acknowledge them."""
+        gone = defaultdict(list)
+        parsed: list[tuple[_Entry, Event]] = []
+        poison: list[tuple[_Entry, str]] = []
+        for entry in entries:
+            if entry.fields is None:
+                gone[(entry.partition, entry.stream)].append(entry.stream_id)
+                continue
+            try:
+                parsed.append((entry, Event.from_fields(entry.fields)))
+            except (KeyError, ValueError, TypeError) as exc:
+                poison.append((entry, f"unparsable event: {exc!r}"))
+        for (partition, stream), ids in gone.items():
+            await self._lost(partition, stream, ids, ack=True)
+        if parsed:
+            await self._commit(parsed)
+        for entry, error in poison:
+            await self._dead_letter(entry, error, self.max_attempts)
+
+    async def _commit(self, parsed: list[tuple[_Entry, Event]]) -> None:
+        batch = build_batch([(e.partition, e.stream_id, ev) for e, ev in parsed])
+        started = time.perf_counter()
+        try:
+            result = await self._retry_pg(lambda: self.store.apply(batch))
+        except asyncpg.PostgresError as exc:  # the data, not the connection: isolate it
+            logger.warning("writer: batch of %d failed (%s); applying one by one", len(batch), exc)
+            for entry, event in parsed:
+                await self._commit_one(entry, event)
+            return
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+        self.metrics.batch_size.observe(len(batch))
+        self.metrics.batches.inc()
+        self.metrics.events.inc(result.inserted)
+        self.metrics.duplicates.inc(result.duplicates)
+        self.metrics.last_commit.set_to_current_time()
+        self.written += result.inserted
+        if result.divergent:
+            self._divergent(result.divergent)
+        await self._ack([e for e, _ in parsed])
+
+    async def _commit_one(self, entry: _Entry, event: Event) -> None:
+        batch = build_batch([(entry.partition, entry.stream_id, event)])
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                result = await self._retry_pg(lambda: self.store.apply(batch))
+            except asyncpg.PostgresError as exc:
+                if attempt == self.max_attempts:
+                    await self._dead_letter(entry, repr(exc), attempt)
+                    return
+                continue
+            self.written += result.inserted
+            self.metrics.events.inc(result.inserted)
+            if result.divergent:
+                self._divergent(result.divergent)
+            await self._ack([entry])
+            return
+
+    async def _dead_letter(self, entry: _Entry, error: str, attempts: int) -> None:
+        logger.error("writer: dead-lettering %s %s: %s", entry.stream, entry.stream_id, error)
+        fields = entry.fields or {}
+        await self._retry_pg(
+            lambda: self.store.dead_letter(
+                entry.partition, entry.stream_id, fields, error, attempts
+            )
+        )
+        self.dead_lettered += 1
+        self.metrics.dead_lettered.inc()
+        await self._ack([entry])
+
+    def _divergent(self, ids: tuple[str, ...]) -> None:
+        self.divergent.extend(ids)
+        self.metrics.divergent.inc(len(ids))
+        logger.critical(
+            "writer: %d events reuse ids already stored for other stream positions (%s): Redis "
+            "lost data without being fenced. Fence it and run `onhand rehydrate`.",
+            len(ids),
+            ", ".join(ids[:5]),
+        )
+
+    async def _ack(self, entries: list[_Entry]) -> None:
+        by_stream: dict[str, list[str]] = defaultdict(list)
+        for e in entries:
+            by_stream[e.stream].append(e.stream_id)
+        for stream, ids in by_stream.items():
+            # Already committed: if this fails the entries are delivered again and the
+            # ledger ignores the duplicates.
+            await self._retry_redis(self._acker(stream, ids))
+
+    def _acker(self, stream: str, ids: list[str]) -> Callable[[], Awaitable[int]]:
+        async def ack() -> int:
+            return int(await self.redis.xack(stream, self.group, *ids))
+
+        return ack
+
+    # -- trimming and lag ----------------------------------------------------------------
+    async def trim(self) -> dict[int, str]:
+        """Trim every stream below min(committed watermark, oldest pending). Returns the
+        MINID used per partition."""
+        try:
+            marks = await self.store.watermarks()
+        except TRANSIENT_PG:
+            return {}  # no watermark known: trim nothing
+        done: dict[int, str] = {}
+        for stream in self.streams:
+            partition = self.keys.stream_partition(stream)
+            mark = marks.get(partition)
+            if mark is None:
+                continue
+            summary = await self.redis.xpending(stream, self.group)
+            floor = mark
+            if summary and summary.get("pending"):
+                floor = min(floor, parse_stream_id(_s(summary["min"])))
+            minid = f"{floor[0]}-{floor[1]}"
+            await self.redis.xtrim(stream, minid=minid, approximate=False)
+            done[partition] = minid
+        await self._observe_lag()
+        return done
+
+    async def _observe_lag(self) -> None:
+        oldest: int | None = None
+        for stream in self.streams:
+            partition = str(self.keys.stream_partition(stream))
+            with contextlib.suppress(ResponseError):
+                for g in await self.redis.xinfo_groups(stream):
+                    if _s(g["name"]) != self.group:
+                        continue
+                    lag = g.get("lag")
+                    self.metrics.lag_entries.labels(partition).set(int(lag or 0))
+                    self.metrics.pending_entries.labels(partition).set(int(g["pending"]))
+                    if int(lag or 0) or int(g["pending"]):
+                        first = await self.redis.xrange(stream, "-", "+", count=1)
+                        if first:
+                            ms = parse_stream_id(_s(first[0][0]))[0]
+                            oldest = ms if oldest is None else min(oldest, ms)
+        now_ms = time.time() * 1000
+        self.metrics.lag_seconds.set(0 if oldest is None else max(0.0, (now_ms - oldest) / 1000))

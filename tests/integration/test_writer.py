@@ -1,0 +1,152 @@
+"""The stream writer against real Redis and Postgres: drain, idempotency, trim, losses."""
+
+from __future__ import annotations
+
+import pytest
+
+from onhand.domain import Line, ReserveRequest, SkuPolicy
+from tests.integration.ledger_support import Stack, open_stack
+from tests.integration.support import new_id
+
+pytestmark = pytest.mark.postgres
+
+
+async def _busy(stack: Stack, n: int = 20) -> tuple[str, list[str]]:
+    e = stack.engine
+    sku, w1, w2 = new_id("s"), new_id("w"), new_id("w")
+    await e.set_policy(sku, SkuPolicy(reorder_point=5, backorder_limit=2))
+    await e.receive(sku, w1, 100, reference="po-1")
+    await e.receive(sku, w2, 50)
+    rids = []
+    for i in range(n):
+        rid = new_id("r")
+        rids.append(rid)
+        await e.reserve(
+            ReserveRequest(rid, (Line(sku, 1 + i % 3, (w1, w2), allow_split=True),), ttl_ms=60_000)
+        )
+    for rid in rids[: n // 2]:
+        await e.confirm(rid)
+    for rid in rids[n // 2 : -1][:3]:
+        await e.release(rid)
+    await e.extend(rids[-1], 120_000)
+    await e.fulfill(rids[0])
+    await e.adjust(sku, w2, -3, reason="damaged")
+    await e.transfer(sku, w1, w2, 4)
+    return sku, rids
+
+
+async def test_the_writer_drains_every_event_once_and_projects_the_redis_levels(
+    redis_url: str, database_url: str, namespace: str
+):
+    async with open_stack(redis_url, database_url, namespace) as stack:
+        await _busy(stack)
+        events = await stack.engine.events()
+        writer = await stack.drain()
+        assert writer.written == len(events)
+        assert await stack.fetchval("SELECT count(*) FROM movements") == len(events)
+        ids = {e.event_id for e in events}
+        stored = {r[0] for r in await stack.store.pool.fetch("SELECT event_id FROM movements")}
+        assert stored == ids
+        redis_state = await stack.engine.state()
+        assert await stack.pg_levels() == redis_state.records
+        rows = await stack.store.pool.fetch(
+            "SELECT reservation_id, status, deadline_ms FROM reservations"
+        )
+        assert {r[0]: (r[1], r[2]) for r in rows} == {
+            rid: (res.status.value, res.deadline_ms)
+            for rid, res in redis_state.reservations.items()
+        }
+        # the writer is idempotent: a second writer over the same group finds nothing new
+        again = await stack.drain()
+        assert again.written == 0
+        assert await stack.fetchval("SELECT count(*) FROM movements") == len(events)
+
+
+async def test_redelivered_entries_insert_nothing_twice(
+    redis_url: str, database_url: str, namespace: str
+):
+    async with open_stack(redis_url, database_url, namespace) as stack:
+        await _busy(stack, 5)
+        events = await stack.engine.events()
+        writer = stack.writer()
+        await writer.setup()
+        entries = await writer._read(">", block=False)  # delivered, not yet acknowledged
+        from onhand.events import Event
+        from onhand.ledger.rows import build_batch
+
+        batch = build_batch(
+            [(e.partition, e.stream_id, Event.from_fields(e.fields or {})) for e in entries]
+        )
+        first = await stack.store.apply(batch)
+        second = await stack.store.apply(batch)  # a crash between COMMIT and XACK
+        assert (first.inserted, second.inserted, second.duplicates) == (len(events), 0, len(events))
+        assert second.divergent == ()
+        await stack.drain()  # re-reads its own pending entries first, then acknowledges
+        assert await stack.fetchval("SELECT count(*) FROM movements") == len(events)
+        for stream in stack.engine.keys.all_streams():
+            assert (await stack.client.xpending(stream, writer.group))["pending"] == 0
+
+
+async def test_trimming_never_drops_an_entry_postgres_has_not_committed(
+    redis_url: str, database_url: str, namespace: str
+):
+    async with open_stack(redis_url, database_url, namespace) as stack:
+        await _busy(stack, 10)
+        writer = await stack.drain()
+        committed = await stack.fetchval("SELECT count(*) FROM movements")
+        # the writer is stopped; twice as many events arrive, then trimming runs
+        await _busy(stack, 20)
+        produced = len(await stack.engine.events())  # only what the streams still hold
+        await writer.trim()
+        assert len(await stack.engine.events()) == produced  # nothing undrained was trimmed
+        final = await stack.drain()
+        total = await stack.fetchval("SELECT count(*) FROM movements")
+        assert total == committed + final.written
+        assert final.lost == 0
+        await final.trim()
+        left = sum([await stack.client.xlen(s) for s in stack.engine.keys.all_streams()])
+        assert left <= stack.engine.keys.partitions  # each keeps at most its watermark entry
+
+
+async def test_a_maxlen_trim_loses_undelivered_events_which_the_writer_cannot_recover(
+    redis_url: str, database_url: str, namespace: str
+):
+    """Negative control: the hazard the writer's MINID trimming exists to avoid."""
+    async with open_stack(redis_url, database_url, namespace, partitions=1) as stack:
+        await _busy(stack, 10)
+        produced = len(await stack.engine.events())
+        stream = stack.engine.keys.stream(0)
+        await stack.client.xtrim(stream, maxlen=5, approximate=False)
+        writer = await stack.drain()
+        assert writer.written == 5 < produced  # the rest is gone, and nothing could know
+
+
+async def test_entries_trimmed_while_pending_are_counted_as_lost_not_skipped(
+    redis_url: str, database_url: str, namespace: str
+):
+    async with open_stack(redis_url, database_url, namespace, partitions=1) as stack:
+        await _busy(stack, 4)
+        produced = len(await stack.engine.events())
+        crashed = stack.writer(consumer="crashed")
+        await crashed.setup()
+        delivered = await crashed._read(">", block=False)  # then it dies without acking
+        stream = stack.engine.keys.stream(0)
+        await stack.client.xtrim(stream, maxlen=2, approximate=False)  # an operator's mistake
+        survivor = await stack.drain(consumer="survivor", claim_idle_ms=1)
+        assert len(delivered) == produced
+        assert survivor.lost == produced - 2
+        assert await stack.fetchval("SELECT count(*) FROM lost_events") == produced - 2
+        assert await stack.fetchval("SELECT count(*) FROM movements") == 2
+
+
+async def test_an_unparsable_entry_goes_to_dead_letters_and_the_rest_commits(
+    redis_url: str, database_url: str, namespace: str
+):
+    async with open_stack(redis_url, database_url, namespace, partitions=1) as stack:
+        await _busy(stack, 3)
+        produced = len(await stack.engine.events())
+        await stack.client.xadd(stack.engine.keys.stream(0), {"id": "junk", "t": "no-such-type"})
+        writer = await stack.drain()
+        assert (writer.written, writer.dead_lettered) == (produced, 1)
+        row = await stack.store.pool.fetchrow("SELECT fields, error FROM dead_letters")
+        assert row is not None and "no-such-type" in row["fields"]
