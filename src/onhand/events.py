@@ -41,6 +41,7 @@ class EventType(enum.StrEnum):
     EXTENDED = "extended"
     POLICY_SET = "policy_set"
     LOW_STOCK = "low_stock"
+    RECONCILED = "reconciled"
 
 
 # attribute name -> stream field name

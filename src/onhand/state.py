@@ -54,6 +54,7 @@ _RECORD_EVENTS = {
     EventType.TRANSFER_IN,
     EventType.SAFETY_STOCK_SET,
     EventType.RESERVED,
+    EventType.RECONCILED,
     *_TERMINAL_OR_CONFIRMED,
 }
 

@@ -186,7 +186,8 @@ class RedisEngine(StockEngine):
         if code == "NEGATIVE":
             raise InvalidInput("delta", "would take on_hand below zero", at_ms=at)
         if code == "VERSION":
-            raise VersionConflict(sku, warehouse, int(args[1]), int(out[0]), at_ms=at)
+            expected = int(args[1] if name == "set_count" else args[0])
+            raise VersionConflict(sku, warehouse, expected, int(out[0]), at_ms=at)
         raise OnhandError(f"{name}: unexpected reply {code}", at_ms=at)
 
     # -- stock operations ----------------------------------------------------------------
@@ -467,6 +468,27 @@ class RedisEngine(StockEngine):
             retry=True,
         )
         return int(out[0])
+
+    async def repair(
+        self,
+        sku: str,
+        warehouse: str,
+        *,
+        expected_version: int,
+        levels: tuple[int, int, int, int],
+        version_floor: int,
+        actor: str = "reconcile",
+    ) -> StockLevel:
+        """Set a record to ``levels`` (on_hand, held, committed, safety_stock) if it is
+        still at ``expected_version``; recorded as a ``reconciled`` event (see repair.lua)."""
+        check_int("expected_version", expected_version, 0, MAX_STOCK)
+        for name, value in zip(
+            ("on_hand", "held", "committed", "safety_stock"), levels, strict=True
+        ):
+            check_int(name, value, 0, MAX_STOCK)
+        check_int("version_floor", version_floor, 0, MAX_STOCK - 1)
+        args = [str(expected_version), *(str(v) for v in levels), str(version_floor), actor]
+        return await self._stock_op("repair", sku, warehouse, args)
 
     # -- fencing ---------------------------------------------------------------------------
     async def mark_ready(self, epoch: int, partitions: Sequence[int] | None = None) -> str:

@@ -34,6 +34,7 @@ SCRIPT_NAMES = (
     "cancel",
     "expire",
     "mark_ready",
+    "repair",
 )
 
 

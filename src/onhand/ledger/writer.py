@@ -39,8 +39,10 @@ import asyncpg
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
+from onhand.engine.redis import RedisEngine
 from onhand.events import Event
 from onhand.keys import Keys
+from onhand.ledger.fencing import Verdict, verify_and_reopen
 from onhand.ledger.metrics import WriterMetrics
 from onhand.ledger.rows import build_batch, parse_stream_id
 from onhand.ledger.store import LedgerStore
@@ -92,6 +94,7 @@ class StreamWriter:
         trim_interval_ms: int = 1_000,
         burst: bool = False,
         metrics: WriterMetrics | None = None,
+        engine: RedisEngine | None = None,
     ) -> None:
         self.redis = redis
         self.store = store
@@ -105,6 +108,8 @@ class StreamWriter:
         self.trim_interval_ms = trim_interval_ms
         self.burst = burst
         self.metrics = metrics if metrics is not None else WriterMetrics()
+        self.engine = engine
+        self.verdict: Verdict | None = None
         self.streams = keys.all_streams()
         self.written = 0
         self.lost = 0
@@ -157,6 +162,7 @@ class StreamWriter:
                 await self._process(read)
             if now >= next_trim or (self.burst and not read):
                 await self._retry_redis(self.trim)
+                await self._guard()
                 next_trim = now + self.trim_interval_ms / 1000
             if self.burst and not read and not claimed:
                 if not await self._retry_redis(lambda: self._read("0", block=False)):
@@ -301,6 +307,8 @@ class StreamWriter:
         self.written += result.inserted
         if result.divergent:
             self._divergent(result.divergent)
+            if self.engine is not None:
+                await self._retry_redis(self.engine.fence)
         await self._ack([e for e, _ in parsed])
 
     async def _commit_one(self, entry: _Entry, event: Event) -> None:
@@ -332,12 +340,21 @@ class StreamWriter:
         self.metrics.dead_lettered.inc()
         await self._ack([entry])
 
+    async def _guard(self) -> None:
+        """Reopen a Redis that restarted without losing ledger data; else keep it fenced."""
+        if self.engine is None:
+            return
+        try:
+            self.verdict = await verify_and_reopen(self.engine, self.store)
+        except (RedisError, *TRANSIENT_PG) as exc:
+            logger.warning("writer: could not check Redis readiness (%s)", exc)
+
     def _divergent(self, ids: tuple[str, ...]) -> None:
         self.divergent.extend(ids)
         self.metrics.divergent.inc(len(ids))
         logger.critical(
             "writer: %d events reuse ids already stored for other stream positions (%s): Redis "
-            "lost data without being fenced. Fence it and run `onhand rehydrate`.",
+            "lost data without being fenced. Fencing it; run `onhand rehydrate --force`.",
             len(ids),
             ", ".join(ids[:5]),
         )

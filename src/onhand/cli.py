@@ -1,0 +1,243 @@
+"""The ``onhand`` command: run and operate the engine's processes.
+
+Every command builds its own :class:`~onhand.settings.Settings` from ``ONHAND_*``
+environment variables (``ONHAND_REDIS_URL``, ``ONHAND_DATABASE_URL``, …).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine
+from typing import Annotated, Any
+
+import typer
+from prometheus_client import start_http_server
+from redis.exceptions import ResponseError
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from onhand.ledger.fencing import Verdict, stream_positions, verify_and_reopen
+from onhand.ledger.metrics import WriterMetrics
+from onhand.ledger.migrate import upgrade
+from onhand.ledger.reconcile import fix, reconcile
+from onhand.ledger.rehydrate import RedisNotEmpty, rehydrate
+from onhand.ledger.writer import StreamWriter
+from onhand.reaper import Reaper
+from onhand.runtime import open_stack
+from onhand.settings import Settings
+
+app = typer.Typer(help="onhand: a Redis-first inventory reservation engine.", no_args_is_help=True)
+console = Console(stderr=True)
+
+
+def _run(coro: Coroutine[Any, Any, int | None]) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    code = asyncio.run(coro)
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command()
+def migrate() -> None:
+    """Upgrade the Postgres schema to the newest migration."""
+    settings = Settings()
+    _run(upgrade(settings.require_database_url()))
+    console.print("schema is at head")
+
+
+@app.command()
+def writer(
+    burst: Annotated[bool, typer.Option(help="Drain everything, then exit.")] = False,
+    consumer: Annotated[str | None, typer.Option(help="Consumer name (default host-pid).")] = None,
+) -> None:
+    """Drain the partition streams into the Postgres ledger (runs until SIGTERM)."""
+    settings = Settings()
+
+    async def main() -> int:
+        async with open_stack(settings) as stack:
+            metrics = WriterMetrics()
+            if settings.writer_metrics_port:
+                start_http_server(settings.writer_metrics_port, registry=metrics.registry)
+            w = StreamWriter(
+                stack.engine.client,
+                stack.ledger(),
+                stack.engine.keys,
+                group=settings.writer_group,
+                consumer=consumer,
+                batch=settings.writer_batch,
+                block_ms=settings.writer_block_ms,
+                claim_idle_ms=settings.writer_claim_idle_ms,
+                max_attempts=settings.writer_max_attempts,
+                trim_interval_ms=settings.writer_trim_interval_ms,
+                burst=burst,
+                metrics=metrics,
+                engine=stack.engine,
+            )
+            await w.run()
+            console.print(
+                f"writer: {w.written} events written, {w.lost} lost, "
+                f"{w.dead_lettered} dead-lettered"
+            )
+            return 0
+
+    _run(main())
+
+
+@app.command()
+def reaper(
+    burst: Annotated[bool, typer.Option(help="Expire what is due, then exit.")] = False,
+) -> None:
+    """Return overdue holds to stock, in bounded batches (runs until SIGTERM)."""
+    settings = Settings()
+
+    async def main() -> int:
+        async with open_stack(settings, postgres=False) as stack:
+            r = Reaper(
+                stack.engine,
+                interval_ms=settings.reaper_interval_ms,
+                batch=settings.reaper_batch,
+                burst=burst,
+            )
+            await r.run()
+            console.print(f"reaper: {r.expired_total} holds expired")
+            return 0
+
+    _run(main())
+
+
+@app.command(name="rehydrate")
+def rehydrate_cmd(
+    force: Annotated[bool, typer.Option(help="Replace data Redis still holds.")] = False,
+    drain: Annotated[bool, typer.Option(help="Drain surviving stream entries first.")] = True,
+) -> None:
+    """Rebuild Redis from the Postgres ledger, verify it, then reopen it."""
+    settings = Settings()
+
+    async def main() -> int:
+        async with open_stack(settings) as stack:
+            with Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total}"),
+                TimeElapsedColumn(),
+                console=console,
+            ) as bar:
+                tasks: dict[str, Any] = {}
+
+                def progress(phase: str, done: int, total: int) -> None:
+                    if phase not in tasks:
+                        tasks[phase] = bar.add_task(phase, total=total)
+                    bar.update(tasks[phase], completed=done, total=total)
+
+                try:
+                    report = await rehydrate(
+                        stack.engine,
+                        stack.ledger(),
+                        force=force,
+                        drain=drain,
+                        group=settings.writer_group,
+                        retention_ms=settings.retention_ms,
+                        progress=progress,
+                    )
+                except RedisNotEmpty as exc:
+                    console.print(f"[red]{exc}[/red]")
+                    return 2
+            console.print(
+                f"rehydrated {report.records} records, {report.skus} SKUs, "
+                f"{report.reservations} reservations ({report.pending} open) in "
+                f"{report.seconds:.1f}s; verified; epoch {report.epoch}"
+            )
+            return 0
+
+    _run(main())
+
+
+@app.command(name="reconcile")
+def reconcile_cmd(
+    fix_: Annotated[bool, typer.Option("--fix", help="Repair Redis from the ledger.")] = False,
+    wait_ms: Annotated[int, typer.Option(help="How long to wait for the writer.")] = 5_000,
+) -> None:
+    """Compare Redis with the ledger record by record; exit 1 on drift."""
+    settings = Settings()
+
+    async def main() -> int:
+        async with open_stack(settings) as stack:
+            drifts = await reconcile(stack.engine, stack.ledger(), wait_ms=wait_ms)
+            table = Table("sku", "warehouse", "kind", "differences (redis → ledger)")
+            for d in drifts:
+                diff = ", ".join(f"{k} {r} → {g}" for k, (r, g) in d.differences().items())
+                table.add_row(d.sku, d.warehouse, d.kind, diff)
+            if drifts:
+                Console().print(table)
+            if fix_ and drifts:
+                fixed = await fix(stack.engine, drifts)
+                console.print(f"repaired {fixed} records from the ledger")
+                return 0 if fixed == len([d for d in drifts if d.kind != "lag"]) else 1
+            console.print(f"{len(drifts)} drifted records")
+            return 1 if drifts else 0
+
+    _run(main())
+
+
+@app.command()
+def status() -> None:
+    """Readiness, writer lag and pending entries per partition; lost and dead letters."""
+    settings = Settings()
+
+    async def main() -> int:
+        async with open_stack(settings) as stack:
+            engine, store = stack.engine, stack.ledger()
+            readiness = await engine.readiness()
+            positions = await stream_positions(engine)
+            marks = await store.watermarks()
+            table = Table("partition", "ready", "stream end", "committed", "length", "pending")
+            for p in range(engine.keys.partitions):
+                stream = engine.keys.stream(p)
+                length = await engine.client.xlen(stream)
+                pending = 0
+                with contextlib.suppress(ResponseError):  # no group yet
+                    summary = await engine.client.xpending(stream, settings.writer_group)
+                    pending = int(summary["pending"])
+                end, mark = positions.get(p, (0, 0)), marks.get(p)
+                table.add_row(
+                    str(p),
+                    readiness[p] or "FENCED",
+                    f"{end[0]}-{end[1]}",
+                    f"{mark[0]}-{mark[1]}" if mark else "-",
+                    str(length),
+                    str(pending),
+                )
+            Console().print(table)
+            counts = await store.counts()
+            console.print(
+                f"lost events: {counts['lost_events']}, dead letters: "
+                f"{counts['dead_letters']}, epoch: {await store.current_epoch()}"
+            )
+            return 0
+
+    _run(main())
+
+
+@app.command()
+def reopen() -> None:
+    """After a Redis restart: reopen it if it is not behind the ledger (else rehydrate)."""
+    settings = Settings()
+
+    async def main() -> int:
+        async with open_stack(settings) as stack:
+            verdict = await verify_and_reopen(stack.engine, stack.ledger())
+            console.print(f"redis: {verdict}")
+            return 1 if verdict is Verdict.NEEDS_REHYDRATE else 0
+
+    _run(main())
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app(prog_name="onhand")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,69 @@
+"""Confirms survive Redis loss: the confirm's events reach Postgres before the answer.
+
+A confirmed order is money. :class:`DurableConfirms` runs the ``confirm`` script, then
+writes the events it appended straight into the ledger (the same idempotent apply the
+writer uses, minus the watermark: the writer deduplicates them later by event id) and
+only then reports success. If Postgres cannot be reached the confirm has happened in
+Redis but is *not acknowledged*: the caller gets ``EngineUnavailable`` and retries; a
+retry finds the reservation confirmed (a repeat) and is acknowledged only once the
+ledger holds the confirm — written through now, or drained by the writer within
+``timeout_ms``.
+
+What a hold (not yet money) can still lose is in docs/architecture.md: a ``reserve``
+is acknowledged from Redis alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from onhand.domain import Reservation
+from onhand.engine.redis import RedisEngine
+from onhand.errors import EngineUnavailable
+from onhand.ledger.rows import build_batch
+from onhand.ledger.store import LedgerStore
+from onhand.ledger.writer import TRANSIENT_PG
+
+__all__ = ["DurableConfirms"]
+
+
+class DurableConfirms:
+    """``confirm`` with a Postgres write-through barrier (see the module docstring)."""
+
+    def __init__(self, engine: RedisEngine, store: LedgerStore, *, timeout_ms: int = 2_000) -> None:
+        self.engine = engine
+        self.store = store
+        self.timeout_ms = timeout_ms
+
+    async def confirm(self, reservation_id: str, *, actor: str = "") -> Reservation:
+        reservation, events = await self.engine.confirm_with_events(reservation_id, actor=actor)
+        if events:
+            batch = build_batch(
+                [(e.partition, e.stream_id, e.event) for e in events], advance_watermarks=False
+            )
+            try:
+                await self.store.apply(batch)
+            except TRANSIENT_PG as exc:
+                raise EngineUnavailable(
+                    f"confirm of {reservation_id} is not yet durable (Postgres: {exc}); retry"
+                ) from exc
+            return reservation
+        await self._wait_durable(reservation_id)
+        return reservation
+
+    async def _wait_durable(self, reservation_id: str) -> None:
+        deadline = time.monotonic() + self.timeout_ms / 1000
+        delay = 0.01
+        while True:
+            try:
+                if await self.store.has_movement(reservation_id, "confirmed"):
+                    return
+            except TRANSIENT_PG as exc:
+                raise EngineUnavailable(f"confirm durability unknown (Postgres: {exc})") from exc
+            if time.monotonic() >= deadline:
+                raise EngineUnavailable(
+                    f"confirm of {reservation_id} is not yet in the ledger; retry later"
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.2)
