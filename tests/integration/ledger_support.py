@@ -51,15 +51,22 @@ class Stack:
 
 @asynccontextmanager
 async def open_stack(
-    redis_url: str, database_url: str, namespace: str, *, partitions: int = PARTITIONS
+    redis_url: str,
+    database_url: str,
+    namespace: str,
+    *,
+    partitions: int = PARTITIONS,
+    stamp: bool = True,
 ) -> AsyncIterator[Stack]:
+    """Engine, store and client on one namespace; ``stamp`` opens every partition."""
     client = connect(redis_url)
     store = LedgerStore(
         await asyncpg.create_pool(asyncpg_dsn(database_url), min_size=1, max_size=4)
     )
     try:
         engine = RedisEngine(client, namespace=namespace, partitions=partitions)
-        await engine.mark_ready(0)
+        if stamp:
+            await engine.mark_ready(0)
         yield Stack(engine, store, client)
     finally:
         await store.close()

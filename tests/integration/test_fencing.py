@@ -103,7 +103,8 @@ async def test_confirm_with_events_returns_exactly_the_entries_it_appended(
     await engine.reserve(
         ReserveRequest(rid, (Line(sku, 3, (w1, w2), allow_split=True),), ttl_ms=60_000)
     )
-    reservation, events = await engine.confirm_with_events(rid)
+    confirmation = await engine.confirm_with_events(rid)
+    reservation, events = confirmation.reservation, confirmation.events
     assert reservation.status == "confirmed"
     stream = engine.keys.sku_stream(sku)
     raw: Any = await redis_client.xrange(stream, "-", "+")
@@ -111,4 +112,4 @@ async def test_confirm_with_events_returns_exactly_the_entries_it_appended(
     assert {(e.stream_id, e.event.event_id) for e in events} <= entries
     assert sorted(e.event.warehouse for e in events) == sorted([w1, w2])
     assert {e.partition for e in events} == {engine.keys.partition(sku)}
-    assert (await engine.confirm_with_events(rid))[1] == []  # a repeat appends nothing
+    assert (await engine.confirm_with_events(rid)).events == []  # a repeat appends nothing

@@ -96,9 +96,7 @@ def snapshot(connection: Connection) -> dict[str, Any]:
             "pk": inspector.get_pk_constraint(name),
             "fks": sorted(inspector.get_foreign_keys(name), key=lambda fk: str(fk["name"])),
             "indexes": sorted(inspector.get_indexes(name), key=lambda ix: str(ix["name"])),
-            "checks": sorted(
-                inspector.get_check_constraints(name), key=lambda ck: str(ck["name"])
-            ),
+            "checks": sorted(inspector.get_check_constraints(name), key=lambda ck: str(ck["name"])),
             "uniques": inspector.get_unique_constraints(name),
         }
     return tables
@@ -256,11 +254,11 @@ async def test_the_migrated_schema_is_tables_py(engine: AsyncEngine) -> None:
         assert {ix["name"]: ix["column_names"] for ix in got["indexes"]} == {
             ix.name: [c.name for c in ix.columns] for ix in table.indexes
         }
-        expected_checks = {
-            c.name for c in table.constraints if isinstance(c, CheckConstraint)
-        }
+        expected_checks = {c.name for c in table.constraints if isinstance(c, CheckConstraint)}
         assert {ck["name"] for ck in got["checks"]} == expected_checks
-        assert {fk["name"] for fk in got["fks"]} == {fk.name for fk in table.foreign_key_constraints}
+        assert {fk["name"] for fk in got["fks"]} == {
+            fk.name for fk in table.foreign_key_constraints
+        }
 
 
 async def test_movements_is_append_only_for_its_owner(owner: Any) -> None:
@@ -325,7 +323,9 @@ async def test_members_of_onhand_app_may_change_the_other_tables(app_conn: Any) 
     await insert_row(app_conn, "dead_letters", dead)
     await insert_row(app_conn, "lost_events", {"partition": 0, "stream_id": "1-1", "cause": "x"})
     await insert_row(app_conn, "redis_epochs", {"run_id": "r", "reason": "start"})
-    await insert_row(app_conn, "stream_watermarks", {"partition": 3, "stream_ms": 1, "stream_seq": 0})
+    await insert_row(
+        app_conn, "stream_watermarks", {"partition": 3, "stream_ms": 1, "stream_seq": 0}
+    )
     assert await app_conn.fetchval("SELECT max(epoch) FROM redis_epochs") == 1
 
 

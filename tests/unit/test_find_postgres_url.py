@@ -85,14 +85,19 @@ def test_unknown_mode_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
 def fake_server() -> Iterator[tuple[socket.socket, list[bytes]]]:
     """A listening socket that answers every connection with the bytes queued for it."""
     listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.05)
     replies: list[bytes] = []
+    stop = threading.Event()
 
     def serve() -> None:
-        while True:
+        while not stop.is_set():
             try:
                 conn, _ = listener.accept()
+            except TimeoutError:
+                continue
             except OSError:
                 return
+            conn.settimeout(2)
             with conn, contextlib.suppress(OSError):
                 conn.recv(8)  # SSLRequest
                 if replies:
@@ -104,8 +109,9 @@ def fake_server() -> Iterator[tuple[socket.socket, list[bytes]]]:
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     yield listener, replies
-    listener.close()
+    stop.set()
     thread.join(5)
+    listener.close()
 
 
 def _port(listener: socket.socket) -> int:

@@ -67,13 +67,22 @@ from onhand.events import Event
 from onhand.keys import Keys
 from onhand.state import State
 
-__all__ = ["DEFAULT_RETENTION_MS", "RedisEngine", "StreamEvent", "connect"]
+__all__ = ["DEFAULT_RETENTION_MS", "Confirmation", "RedisEngine", "StreamEvent", "connect"]
 
 DEFAULT_RETENTION_MS = 24 * 60 * 60 * 1000
 """Resolved reservations are kept this long (24 h) so repeats stay idempotent."""
 _OK = ("OK", "REPLAY")
 RUN_ID_TTL_S = 1.0
 """Reads trust a cached server run_id this long (writes check the live one)."""
+
+
+class Confirmation(NamedTuple):
+    """What :meth:`RedisEngine.confirm_with_events` returns."""
+
+    reservation: Reservation
+    events: list[StreamEvent]
+    fingerprint: str
+    max_deadline_ms: int
 
 
 class StreamEvent(NamedTuple):
@@ -404,21 +413,19 @@ class RedisEngine(StockEngine):
         raise OnhandError(f"{name}: unexpected reply {code}", at_ms=at)
 
     async def confirm(self, reservation_id: str, *, actor: str = "") -> Reservation:
-        reservation, _ = await self.confirm_with_events(reservation_id, actor=actor)
-        return reservation
+        return (await self.confirm_with_events(reservation_id, actor=actor)).reservation
 
-    async def confirm_with_events(
-        self, reservation_id: str, *, actor: str = ""
-    ) -> tuple[Reservation, list[StreamEvent]]:
-        """:meth:`confirm`, also returning the events it appended (none on a repeat).
-
-        The ledger writes these through to Postgres before a confirm is acknowledged.
-        """
+    async def confirm_with_events(self, reservation_id: str, *, actor: str = "") -> Confirmation:
+        """:meth:`confirm`, also returning what the ledger needs to record it at once:
+        the events it appended (none on a repeat) and the reservation's fingerprint and
+        maximum deadline. The ledger writes these through before acknowledging."""
         out: list[str] = []
         reservation = await self._transition(
             "confirm", reservation_id, "confirm", [], actor, tail=out
         )
-        return reservation, self._parse_emitted(out)
+        if not out:
+            return Confirmation(reservation, [], "", 0)
+        return Confirmation(reservation, self._parse_emitted(out[2:]), out[0], int(out[1]))
 
     def _parse_emitted(self, out: list[str]) -> list[StreamEvent]:
         if not out:

@@ -21,7 +21,7 @@ import time
 from onhand.domain import Reservation
 from onhand.engine.redis import RedisEngine
 from onhand.errors import EngineUnavailable
-from onhand.ledger.rows import build_batch
+from onhand.ledger.rows import add_reservation, build_batch
 from onhand.ledger.store import LedgerStore
 from onhand.ledger.writer import TRANSIENT_PG
 
@@ -37,10 +37,14 @@ class DurableConfirms:
         self.timeout_ms = timeout_ms
 
     async def confirm(self, reservation_id: str, *, actor: str = "") -> Reservation:
-        reservation, events = await self.engine.confirm_with_events(reservation_id, actor=actor)
+        confirmation = await self.engine.confirm_with_events(reservation_id, actor=actor)
+        reservation, events = confirmation.reservation, confirmation.events
         if events:
             batch = build_batch(
                 [(e.partition, e.stream_id, e.event) for e in events], advance_watermarks=False
+            )
+            add_reservation(
+                batch, reservation, confirmation.fingerprint, confirmation.max_deadline_ms
             )
             try:
                 await self.store.apply(batch)

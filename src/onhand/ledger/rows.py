@@ -11,17 +11,48 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from onhand.domain import ReservationStatus
+from onhand.domain import Reservation, ReservationStatus
 from onhand.events import Event, EventType
 
-__all__ = ["MOVEMENT_COLUMNS", "STATUS_RANK", "Batch", "build_batch", "parse_stream_id"]
+__all__ = [
+    "MOVEMENT_COLUMNS",
+    "STATUS_RANK",
+    "Batch",
+    "add_reservation",
+    "build_batch",
+    "parse_stream_id",
+]
 
 MOVEMENT_COLUMNS = (
-    "event_id", "partition", "stream_ms", "stream_seq", "type", "at_ms", "sku", "warehouse",
-    "d_on_hand", "d_held", "d_committed", "on_hand", "held", "committed", "safety_stock",
-    "version", "low", "beyond", "reservation_id", "line", "deadline_ms", "max_deadline_ms",
-    "fingerprint", "owner", "reason", "reference", "actor", "policy",
-)  # fmt: skip
+    "event_id",
+    "partition",
+    "stream_ms",
+    "stream_seq",
+    "type",
+    "at_ms",
+    "sku",
+    "warehouse",
+    "d_on_hand",
+    "d_held",
+    "d_committed",
+    "on_hand",
+    "held",
+    "committed",
+    "safety_stock",
+    "version",
+    "low",
+    "beyond",
+    "reservation_id",
+    "line",
+    "deadline_ms",
+    "max_deadline_ms",
+    "fingerprint",
+    "owner",
+    "reason",
+    "reference",
+    "actor",
+    "policy",
+)
 
 STATUS_RANK = {
     ReservationStatus.PENDING: 0,
@@ -67,6 +98,32 @@ class Batch:
         return len(self.movements)
 
 
+def add_reservation(
+    batch: Batch, reservation: Reservation, fingerprint: str, max_deadline_ms: int
+) -> None:
+    """Make ``batch`` create ``reservation`` (with its allocations) if the ledger lacks it.
+
+    For the confirm barrier: the reservation's own ``reserved`` events may not have been
+    drained yet, but a durable confirm needs the reservation it confirms.
+    """
+    rid = reservation.reservation_id
+    batch.created.setdefault(
+        rid,
+        Event(
+            event_id="",
+            type=EventType.RESERVED,
+            at_ms=reservation.created_ms,
+            reservation_id=rid,
+            owner=reservation.owner,
+            fingerprint=fingerprint,
+            deadline_ms=reservation.deadline_ms,
+            max_deadline_ms=max_deadline_ms,
+        ),
+    )
+    for a in reservation.allocations:
+        batch.allocations.setdefault((rid, a.line, a.warehouse), (a.sku, a.qty))
+
+
 def build_batch(entries: list[tuple[int, str, Event]], *, advance_watermarks: bool = True) -> Batch:
     """Fold ``(partition, stream_id, event)`` entries into one :class:`Batch`."""
     batch = Batch()
@@ -75,16 +132,36 @@ def build_batch(entries: list[tuple[int, str, Event]], *, advance_watermarks: bo
         levels = e.type not in _NO_LEVELS
         batch.movements.append(
             (
-                e.event_id, partition, ms, seq, e.type.value, e.at_ms, e.sku,
-                _opt(e.warehouse), e.d_on_hand, e.d_held, e.d_committed,
-                e.on_hand if levels else None, e.held if levels else None,
-                e.committed if levels else None, e.safety_stock if levels else None,
-                e.version, bool(e.low) if levels else None, e.beyond if levels else None,
-                _opt(e.reservation_id), e.line if e.line >= 0 else None,
-                e.deadline_ms or None, e.max_deadline_ms or None, _opt(e.fingerprint),
-                _opt(e.owner), _opt(e.reason), _opt(e.reference), _opt(e.actor), _opt(e.policy),
+                e.event_id,
+                partition,
+                ms,
+                seq,
+                e.type.value,
+                e.at_ms,
+                e.sku,
+                _opt(e.warehouse),
+                e.d_on_hand,
+                e.d_held,
+                e.d_committed,
+                e.on_hand if levels else None,
+                e.held if levels else None,
+                e.committed if levels else None,
+                e.safety_stock if levels else None,
+                e.version,
+                bool(e.low) if levels else None,
+                e.beyond if levels else None,
+                _opt(e.reservation_id),
+                e.line if e.line >= 0 else None,
+                e.deadline_ms or None,
+                e.max_deadline_ms or None,
+                _opt(e.fingerprint),
+                _opt(e.owner),
+                _opt(e.reason),
+                _opt(e.reference),
+                _opt(e.actor),
+                _opt(e.policy),
             )
-        )  # fmt: skip
+        )
         if advance_watermarks:
             batch.watermarks[partition] = max(batch.watermarks.get(partition, (0, 0)), (ms, seq))
         if e.type not in _NOT_RECORD_CHANGES:
