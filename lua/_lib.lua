@@ -135,6 +135,13 @@ local function avail(r)
   return r.on - r.he - r.co - r.ss
 end
 
+-- Units a record has promised beyond its sellable stock (on_hand - safety_stock, at
+-- least 0). Summed over a SKU's records this is the SKU's exposure (`bey`), which its
+-- backorder / pre-order allowance bounds; safety stock alone never counts as exposure.
+local function exposure(r)
+  return math.max(0, r.he + r.co - math.max(0, r.on - r.ss))
+end
+
 local SKUS = {}
 local POLICY_FIELDS = {'bo', 'po', 'prel', 'rp', 'rq', 'lt', 'mlq'}
 local function sku_load(key)
@@ -179,15 +186,14 @@ end
 -- downward edge). c = {etype, sku, wh, stream, don, dhe, dco, ss (new or nil),
 -- whs (set key or nil), extra = flat list of extra event fields}.
 local function rec_change(r, s, c)
-  local before = avail(r)
+  local before = exposure(r)
   r.on = r.on + (c.don or 0)
   r.he = r.he + (c.dhe or 0)
   r.co = r.co + (c.dco or 0)
   if c.ss then r.ss = c.ss end
   r.v = r.v + 1
-  local after = avail(r)
-  local low = after < s.rp
-  local dbey = math.max(0, -after) - math.max(0, -before)
+  local low = avail(r) < s.rp
+  local dbey = exposure(r) - before
   if dbey ~= 0 then
     s.bey = s.bey + dbey
     redis.call('HSET', s.key, 'bey', fmt(s.bey))
@@ -224,6 +230,13 @@ end
 -- A range check of a counter's new value, for use before any write.
 local function within(n)
   return n >= 0 and n <= MAX_STOCK
+end
+
+-- Before a write: would the SKU's exposure stay within MAX_STOCK if record r moved to
+-- these levels? (Write-downs and safety stock can raise it without any allowance.)
+local function exposure_within(r, s, on, he, co, ss)
+  local after = math.max(0, he + co - math.max(0, on - ss))
+  return s.bey - exposure(r) + after <= MAX_STOCK
 end
 
 ------------------------------------------------------------------ reservations

@@ -11,12 +11,12 @@
 
   Returns {'OK', now_ms, on_hand, held, committed, safety_stock, version, low}
           {'NEGATIVE', now_ms}   on_hand would drop below 0; nothing changed
-          {'LIMIT', now_ms}      on_hand would pass 2^53 - 1; nothing changed
+          {'LIMIT', now_ms}      on_hand, or the SKU's exposure, would pass 2^53 - 1
           {'NOTREADY', now_ms}   the partition is fenced (see _lib.lua); retry later
           {'BADARG', now_ms, i}  (also: delta 0, or a sign that does not fit the reason)
           {'WRONGTYPE', now_ms}
-  on_hand may drop below held + committed (stock written off that was promised):
-  available turns negative and counts against the SKU's beyond-stock allowance.
+  on_hand may drop below held + committed (stock written off that was promised): the
+  units now promised beyond sellable stock count as the SKU's exposure.
 ]]
 
 local SIGNS = {damaged = -1, lost = -1, found = 1, returned = 1, correction = 0}
@@ -36,6 +36,7 @@ local function main()
   local r, s = rec_load(KEYS[1]), sku_load(KEYS[2])
   if r.on + delta < 0 then reject('NEGATIVE') end
   if not within(r.on + delta) then reject('LIMIT') end
+  if not exposure_within(r, s, r.on + delta, r.he, r.co, r.ss) then reject('LIMIT') end
   rec_change(r, s, {etype = 'adjusted', sku = sku, wh = wh, stream = KEYS[4], don = delta,
                     whs = KEYS[3], extra = {'rsn', reason, 'ref', ref, 'act', actor}})
   return {'OK', NOWS, fmt(r.on), fmt(r.he), fmt(r.co), fmt(r.ss), fmt(r.v), r.low and '1' or '0'}

@@ -12,6 +12,7 @@
 
   Returns {'OK', now_ms, on_hand, held, committed, safety_stock, version, low}
           {'VERSION', now_ms, actual_version}   nothing changed
+          {'LIMIT', now_ms}   the SKU's exposure would pass 2^53 - 1; nothing changed
           {'NOTREADY', now_ms}   the partition is fenced (see _lib.lua); retry later
           {'BADARG', now_ms, i}   {'WRONGTYPE', now_ms}
   Emits `counted` with the difference (possibly 0) and reason 'stocktake'.
@@ -28,6 +29,7 @@ local function main()
   want_type(KEYS[4], 'stream')
   local r, s = rec_load(KEYS[1]), sku_load(KEYS[2])
   if r.v ~= expected then reject('VERSION', fmt(r.v)) end
+  if not exposure_within(r, s, count, r.he, r.co, r.ss) then reject('LIMIT') end
   rec_change(r, s, {etype = 'counted', sku = sku, wh = wh, stream = KEYS[4], don = count - r.on,
                     whs = KEYS[3], extra = {'rsn', 'stocktake', 'ref', ref, 'act', actor}})
   return {'OK', NOWS, fmt(r.on), fmt(r.he), fmt(r.co), fmt(r.ss), fmt(r.v), r.low and '1' or '0'}

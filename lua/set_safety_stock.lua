@@ -9,6 +9,7 @@
 
   Returns {'OK', now_ms, on_hand, held, committed, safety_stock, version, low}
           {'NOTREADY', now_ms}   the partition is fenced (see _lib.lua); retry later
+          {'LIMIT', now_ms}   the SKU's exposure would pass 2^53 - 1; nothing changed
           {'BADARG', now_ms, i}   {'WRONGTYPE', now_ms}
 ]]
 
@@ -21,6 +22,7 @@ local function main()
   want_type(KEYS[3], 'set')
   want_type(KEYS[4], 'stream')
   local r, s = rec_load(KEYS[1]), sku_load(KEYS[2])
+  if not exposure_within(r, s, r.on, r.he, r.co, ss) then reject('LIMIT') end
   rec_change(r, s, {etype = 'safety_stock_set', sku = sku, wh = wh, stream = KEYS[4], ss = ss,
                     whs = KEYS[3], extra = {'act', actor}})
   return {'OK', NOWS, fmt(r.on), fmt(r.he), fmt(r.co), fmt(r.ss), fmt(r.v), r.low and '1' or '0'}

@@ -3,8 +3,11 @@
 Per (SKU, warehouse) a :class:`StockLevel` keeps ``on_hand`` (physically present),
 ``held`` (pending checkout holds), ``committed`` (confirmed, not yet shipped) and
 ``safety_stock``; ``available = on_hand - held - committed - safety_stock``. ``available``
-is negative only while units are promised beyond sellable stock (backorders,
-pre-orders, or stock written down below what was already promised).
+is negative while units are promised beyond sellable stock (backorders, pre-orders,
+stock written down below what was already promised) or stock is below its safety
+level. A record's *exposure* is the units it promised beyond sellable stock,
+``max(0, held + committed - max(0, on_hand - safety_stock))``; a SKU's exposure (the sum
+over its records) is what its backorder / pre-order allowance bounds.
 
 Per SKU a :class:`SkuPolicy` says how far beyond stock the SKU may be promised, when
 it counts as low, and the largest quantity one reservation line may take.
@@ -105,10 +108,12 @@ def check_text(name: str, value: object) -> str:
 class SkuPolicy:
     """How one SKU may be sold.
 
-    ``backorder_limit``: units that may be promised beyond sellable stock, summed over
-    the SKU's warehouses. While ``now < preorder_release_ms`` the ``preorder_limit``
-    applies instead (pre-orders before the release date). ``reorder_point``: a record
-    whose ``available`` drops below it emits one ``low_stock`` event. ``max_line_qty``:
+    ``backorder_limit``: units that may be promised beyond sellable stock (the SKU's
+    exposure, summed over its warehouses). While ``now < preorder_release_ms`` the
+    ``preorder_limit`` applies instead (pre-orders before the release date).
+    ``reorder_point``: a record whose ``available`` drops below it emits one
+    ``low_stock`` event; a changed policy takes effect at each record's next change,
+    when its low flag is evaluated again. ``max_line_qty``:
     the largest quantity one reservation line may ask for. ``reorder_qty`` and
     ``lead_time_days`` are carried for replenishment and restock dates.
     """

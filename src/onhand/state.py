@@ -82,13 +82,18 @@ class RecordState:
     def available(self) -> int:
         return self.on_hand - self.held - self.committed - self.safety_stock
 
+    @property
+    def exposure(self) -> int:
+        """Units promised beyond sellable stock (``on_hand - safety_stock``, at least 0)."""
+        return max(0, self.held + self.committed - max(0, self.on_hand - self.safety_stock))
+
 
 @dataclass(frozen=True, slots=True)
 class SkuState:
     policy: SkuPolicy = field(default_factory=SkuPolicy)
     policy_version: int = 0
     beyond: int = 0
-    """Units promised beyond sellable stock: sum over records of ``max(0, -available)``."""
+    """Units promised beyond sellable stock: the sum of the records' ``exposure``."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -93,6 +93,7 @@ BASE: dict[str, Callable[[World], tuple[list[str], list[str]]]] = {
         [w.k.reservation_deadlines(w.pending), w.k.reservation_ready(w.pending)],
         ["0", "86400000", "100"]),
     "mark_ready": lambda w: (w.k.all_ready(), ["0", "0"]),
+    "repair": lambda w: (w.record(), ["0", w.a, w.w1, "4", "20", "2", "2", "0", "4", "t"]),
 }  # fmt: skip
 
 # script -> {ARGV index: kind}; kinds are ("int", lo, hi), "id", "opt_id", "text", "flag", "fp".
@@ -117,6 +118,8 @@ SLOTS: dict[str, dict[int, Kind]] = {
     "cancel": {2: RETENTION, 3: "text"},
     "expire": {2: RETENTION, 3: ("int", 1, 10_000)},
     "mark_ready": {2: STOCK},
+    "repair": {2: "id", 3: "id", 4: STOCK, 5: STOCK, 6: STOCK, 7: STOCK, 8: STOCK,
+               9: ("int", 0, MAX_STOCK - 1), 10: "text"},
 }  # fmt: skip
 
 

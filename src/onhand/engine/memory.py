@@ -107,7 +107,7 @@ class MemoryEngine(StockEngine):
         )
         low = new.available < sku_state.policy.reorder_point
         new = replace(new, low=low)
-        beyond = sku_state.beyond + max(0, -new.available) - max(0, -old.available)
+        beyond = sku_state.beyond + new.exposure - old.exposure
         self._emit(
             Event(
                 event_id=f"s:{sku}:{warehouse}:{new.version}",
@@ -146,6 +146,26 @@ class MemoryEngine(StockEngine):
                 )
             )
         return new
+
+    def _check_exposure(
+        self,
+        sku: str,
+        warehouse: str,
+        now: int,
+        *,
+        on_hand: int | None = None,
+        safety_stock: int | None = None,
+    ) -> None:
+        """Refuse a change that would push the SKU's exposure past ``MAX_STOCK``."""
+        old = self._state.record(sku, warehouse)
+        new = replace(
+            old,
+            on_hand=old.on_hand if on_hand is None else on_hand,
+            safety_stock=old.safety_stock if safety_stock is None else safety_stock,
+        )
+        beyond = self._state.sku(sku).beyond - old.exposure + new.exposure
+        if beyond > MAX_STOCK:
+            raise StockLimitExceeded(sku, warehouse, at_ms=now)
 
     def _level(self, sku: str, warehouse: str) -> StockLevel:
         r = self._state.record(sku, warehouse)
@@ -192,6 +212,7 @@ class MemoryEngine(StockEngine):
             raise InvalidInput("delta", "would take on_hand below zero", at_ms=now)
         if on_hand > MAX_STOCK:
             raise StockLimitExceeded(sku, warehouse, at_ms=now)
+        self._check_exposure(sku, warehouse, now, on_hand=on_hand)
         self._change(
             EventType.ADJUSTED,
             sku,
@@ -222,6 +243,7 @@ class MemoryEngine(StockEngine):
         rec = self._state.record(sku, warehouse)
         if rec.version != expected_version:
             raise VersionConflict(sku, warehouse, expected_version, rec.version, at_ms=now)
+        self._check_exposure(sku, warehouse, now, on_hand=count)
         self._change(
             EventType.COUNTED,
             sku,
@@ -281,6 +303,7 @@ class MemoryEngine(StockEngine):
         check_id("sku", sku), check_id("warehouse", warehouse)
         check_int("qty", qty, 0, MAX_STOCK), check_text("actor", actor)
         now = self._clock()
+        self._check_exposure(sku, warehouse, now, safety_stock=qty)
         self._change(EventType.SAFETY_STOCK_SET, sku, warehouse, now, safety_stock=qty, actor=actor)
         return self._level(sku, warehouse)
 

@@ -72,8 +72,8 @@ async def ledger_state(store: LedgerStore, *, now_ms: int, retention_ms: int) ->
             state.warehouses.setdefault(r["sku"], set()).add(r["warehouse"])
         beyond: dict[str, int] = {}
         for (sku, _), rec in state.records.items():
-            if rec.available < 0:
-                beyond[sku] = beyond.get(sku, 0) - rec.available
+            if rec.exposure:
+                beyond[sku] = beyond.get(sku, 0) + rec.exposure
         for r in await conn.fetch("SELECT * FROM sku_policies"):
             policy = SkuPolicy(
                 r["backorder_limit"],
