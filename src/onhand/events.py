@@ -89,6 +89,8 @@ _INT_ATTRS = {
     "deadline_ms",
     "max_deadline_ms",
 }
+_INT_BY_BYTES = {f.encode(): a for a, f in FIELDS.items() if a in _INT_ATTRS}
+_STR_BY_BYTES = {f.encode(): a for a, f in FIELDS.items() if a not in _INT_ATTRS}
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,14 +131,26 @@ class Event:
     def from_fields(
         cls, raw: Mapping[bytes, bytes] | Mapping[str, str] | Mapping[bytes | str, bytes | str]
     ) -> Event:
-        """Parse a stream entry's field map (bytes or str). Unknown fields are ignored."""
+        """Parse a stream entry's field map (bytes or str). Unknown fields are ignored.
+
+        Raises ``KeyError``/``ValueError`` for an entry that is not an onhand event.
+        """
         values: dict[str, object] = {}
         for key, value in raw.items():
-            name = _BY_FIELD.get(key.decode() if isinstance(key, bytes) else key)
-            if name is None:
+            if isinstance(key, bytes):  # the writer's hot path: no decoded copy of the map
+                int_name = _INT_BY_BYTES.get(key)
+                if int_name is not None:
+                    values[int_name] = int(value)
+                    continue
+                name = _STR_BY_BYTES.get(key)
+                if name is not None:
+                    values[name] = value.decode() if isinstance(value, bytes) else value
+                continue
+            attr = _BY_FIELD.get(key)
+            if attr is None:
                 continue
             text = value.decode() if isinstance(value, bytes) else value
-            values[name] = int(text) if name in _INT_ATTRS else text
+            values[attr] = int(text) if attr in _INT_ATTRS else text
         values["type"] = EventType(str(values["type"]))
         return cls(**values)  # type: ignore[arg-type]
 

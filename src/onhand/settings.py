@@ -34,7 +34,7 @@ class Settings(BaseSettings):
     reaper_batch: int = Field(default=500, ge=1, le=10_000)
 
     writer_group: str = Field(default="onhand-ledger", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    writer_batch: int = Field(default=5_000, ge=1, le=100_000)
+    writer_batch: int = Field(default=20_000, ge=1, le=100_000)
     writer_block_ms: int = Field(default=200, ge=1)
     writer_claim_idle_ms: int = Field(default=30_000, ge=100)
     writer_max_attempts: int = Field(default=3, ge=1)

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_every_script_starts_with_its_shebang_and_documents_keys_argv_and_returns():
     for name in SCRIPT_NAMES:
         text = (ROOT / "lua" / f"{name}.lua").read_text()
-        assert text.startswith("#!lua\n"), name
+        assert text.startswith("#!lua"), name
         header = text.split("]]", 1)[0]
         for word in ("KEYS[1]", "ARGV[1]", "Returns"):
             assert word in header, (name, word)

@@ -497,6 +497,13 @@ class RedisEngine(StockEngine):
         args = [str(expected_version), *(str(v) for v in levels), str(version_floor), actor]
         return await self._stock_op("repair", sku, warehouse, args)
 
+    async def run_script(self, name: str, keys: list[str], args: list[str]) -> list[str]:
+        """Run a maintenance script (``load``, ``digest``) and return its payload."""
+        code, _, out, _ = await self._run(name, keys, args, retry=False)
+        if code != "OK":
+            raise OnhandError(f"{name}: unexpected reply {code}")
+        return out
+
     # -- fencing ---------------------------------------------------------------------------
     async def mark_ready(self, epoch: int, partitions: Sequence[int] | None = None) -> str:
         """Open partitions (all by default) for this server; returns its run_id.

@@ -35,6 +35,8 @@ SCRIPT_NAMES = (
     "expire",
     "mark_ready",
     "repair",
+    "load",
+    "digest",
 )
 
 

@@ -5,17 +5,19 @@ Order of work (each step is safe to repeat if the process dies):
 1. refuse a Redis that still holds stock data unless ``force`` (an operator decision);
 2. fence: close every partition, so nothing is served from a half-built state;
 3. drain whatever the streams still hold into the ledger (idempotent);
-4. delete the namespace's keys, then write, in pipelined batches: stock records and
+4. delete the namespace's keys, then write, 500 keys per script call: stock records and
    warehouse sets, SKU policies with their beyond-stock exposure, reservations (open
    ones with their deadline and hold indexes; resolved ones still within retention, so
    repeats stay idempotent), and each stream positioned after the ledger's highest
    stream id with its consumer group;
-5. verify: read Redis back and compare it with the ledger's state, exactly;
+5. verify: a SHA-1 digest per 500 keys, computed in Redis, must equal the one of the
+   ledger's state, and Redis must hold no key the ledger does not explain;
 6. record a new epoch in Postgres and open the partitions stamped with it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -27,7 +29,6 @@ from redis.exceptions import ResponseError
 
 from onhand.domain import Allocation, ReservationStatus, SkuPolicy
 from onhand.engine.redis import RedisEngine
-from onhand.engine.snapshot import read_state
 from onhand.errors import OnhandError
 from onhand.keys import Keys
 from onhand.ledger.store import LedgerStore
@@ -179,79 +180,164 @@ def _header(keys: Keys, rid: str, r: ReservationState) -> dict[str, str]:
     }
 
 
+CHUNK = 500
+"""Keys per ``load`` / ``digest`` script call."""
+RECORD_FIELDS = ("on", "he", "co", "ss", "v", "low")
+SKU_FIELDS = ("bo", "po", "prel", "rp", "rq", "lt", "mlq", "pv", "bey")
+HEADER_FIELDS = ("id", "st", "fp", "own", "cr", "dl", "cap", "nx", "up", "al", "dk")
+
+
+@dataclass
+class _Content:
+    """What a namespace must hold, grouped by key kind, as the exact strings written."""
+
+    hashes: dict[tuple[str, ...], list[tuple[str, list[str]]]]
+    sets: list[tuple[str, list[str]]]
+    zsets: list[tuple[str, list[tuple[int, str]]]]
+    expire_at: list[tuple[str, int]]
+
+
+def _content(keys: Keys, state: State, retention_ms: int) -> _Content:
+    records = [
+        (
+            keys.stock(sku, wh),
+            [
+                str(r.on_hand),
+                str(r.held),
+                str(r.committed),
+                str(r.safety_stock),
+                str(r.version),
+                "1" if r.low else "0",
+            ],
+        )
+        for (sku, wh), r in state.records.items()
+    ]
+    skus = []
+    for sku, s in state.skus.items():
+        p = s.policy
+        values = (
+            p.backorder_limit,
+            p.preorder_limit,
+            p.preorder_release_ms,
+            p.reorder_point,
+            p.reorder_qty,
+            p.lead_time_days,
+            p.max_line_qty,
+            s.policy_version,
+            s.beyond,
+        )
+        skus.append((keys.sku(sku), [str(v) for v in values]))
+    headers, expire_at = [], []
+    for rid, r in state.reservations.items():
+        h = _header(keys, rid, r)
+        headers.append((keys.reservation(rid), [h[f] for f in HEADER_FIELDS]))
+        if r.status not in (ReservationStatus.PENDING, ReservationStatus.CONFIRMED):
+            expire_at.append((keys.reservation(rid), r.updated_ms + retention_ms))
+    sets = [(keys.warehouses(sku), sorted(whs)) for sku, whs in state.warehouses.items()]
+    zsets: dict[str, list[tuple[int, str]]] = {}
+    for rid, deadline in state.deadlines.items():
+        zsets.setdefault(keys.reservation_deadlines(rid), []).append(
+            (deadline, keys.reservation(rid))
+        )
+    for sku, holds in state.holds.items():
+        zsets[keys.holds(sku)] = [(d, keys.reservation(r)) for r, d in holds.items()]
+    return _Content(
+        hashes={RECORD_FIELDS: records, SKU_FIELDS: skus, HEADER_FIELDS: headers},
+        sets=sets,
+        zsets=[(k, sorted(v)) for k, v in zsets.items()],
+        expire_at=expire_at,
+    )
+
+
+def _chunks(items: list[Any], size: int = CHUNK) -> list[list[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _zset_parts(members: list[tuple[int, str]]) -> list[list[tuple[int, str]]]:
+    return _chunks(members, 50_000)  # stays under the script's per-key bound
+
+
 async def write_state(
-    client: Redis,
-    keys: Keys,
+    engine: RedisEngine,
     state: State,
     *,
     retention_ms: int,
-    batch: int = 5_000,
     progress: Progress | None = None,
 ) -> None:
-    """Write ``state`` into an empty namespace, pipelined ``batch`` commands at a time."""
-    commands: list[tuple[str, str, Any]] = []
-    for (sku, wh), rec in state.records.items():
-        level = {
-            "on": rec.on_hand,
-            "he": rec.held,
-            "co": rec.committed,
-            "ss": rec.safety_stock,
-            "v": rec.version,
-            "low": int(rec.low),
-        }
-        commands.append(("hset", keys.stock(sku, wh), level))
-    for sku, whs in state.warehouses.items():
-        commands.append(("sadd", keys.warehouses(sku), sorted(whs)))
-    for sku, s in state.skus.items():
-        pol = s.policy
-        commands.append(
-            (
-                "hset",
-                keys.sku(sku),
-                {
-                    "bo": pol.backorder_limit,
-                    "po": pol.preorder_limit,
-                    "prel": pol.preorder_release_ms,
-                    "rp": pol.reorder_point,
-                    "rq": pol.reorder_qty,
-                    "lt": pol.lead_time_days,
-                    "mlq": pol.max_line_qty,
-                    "pv": s.policy_version,
-                    "bey": s.beyond,
-                },
-            )
-        )
-    for rid, r in state.reservations.items():
-        hk = keys.reservation(rid)
-        commands.append(("hset", hk, _header(keys, rid, r)))
-        if r.status not in (ReservationStatus.PENDING, ReservationStatus.CONFIRMED):
-            commands.append(("pexpireat", hk, r.updated_ms + retention_ms))
-    for rid, deadline in state.deadlines.items():
-        commands.append(
-            ("zadd", keys.reservation_deadlines(rid), {keys.reservation(rid): deadline})
-        )
-    for sku, holds in state.holds.items():
-        commands.append(
-            ("zadd", keys.holds(sku), {keys.reservation(r): d for r, d in holds.items()})
-        )
-    for start in range(0, len(commands), batch):
-        async with client.pipeline(transaction=False) as pipe:
-            for op, key, arg in commands[start : start + batch]:
-                _queue(pipe, op, key, arg)
+    """Write ``state`` into an empty namespace with the ``load`` script, 500 keys a call."""
+    content = _content(engine.keys, state, retention_ms)
+    calls: list[tuple[list[str], list[str]]] = []
+    for fields, items in content.hashes.items():
+        for chunk in _chunks(items):
+            args = ["hash", str(len(fields)), *fields]
+            for _, values in chunk:
+                args += values
+            calls.append(([k for k, _ in chunk], args))
+    for chunk in _chunks(content.sets):
+        args = ["set"]
+        for _, members in chunk:
+            args += [str(len(members)), *members]
+        calls.append(([k for k, _ in chunk], args))
+    for key, members in content.zsets:
+        for part in _zset_parts(members):
+            args = ["zset", str(len(part))]
+            for score, member in part:
+                args += [str(score), member]
+            calls.append(([key], args))
+    for n, (call_keys, args) in enumerate(calls, 1):
+        await engine.run_script("load", call_keys, args)
+        if progress is not None and (n % 20 == 0 or n == len(calls)):
+            progress("write", n, len(calls))
+    for chunk in _chunks(content.expire_at):
+        async with engine.client.pipeline(transaction=False) as pipe:
+            for key, at in chunk:
+                pipe.pexpireat(key, at)
             await pipe.execute()
-        if progress is not None:
-            progress("write", min(start + batch, len(commands)), len(commands))
 
 
-def _queue(pipe: Any, op: str, key: str, arg: Any) -> None:
-    if op == "hset":
-        pipe.hset(key, mapping=arg)
-    elif op == "sadd":
-        pipe.sadd(key, *arg)
-    elif op == "zadd":
-        pipe.zadd(key, arg)
-    else:
-        pipe.pexpireat(key, arg)
+def _sha1(lines: list[str]) -> str:
+    return hashlib.sha1("\n".join(lines).encode()).hexdigest()
+
+
+async def verify_state(
+    engine: RedisEngine, state: State, *, retention_ms: int, progress: Progress | None = None
+) -> None:
+    """Compare Redis with ``state`` through ``digest`` (SHA-1 per 500 keys); raise
+    :class:`VerificationFailed` naming the first keys of any chunk that differs, or when
+    the namespace holds keys ``state`` does not explain."""
+    content = _content(engine.keys, state, retention_ms)
+    checks: list[tuple[list[str], list[str], str]] = []
+    for fields, items in content.hashes.items():
+        for chunk in _chunks(items):
+            lines = ["|".join(values) for _, values in chunk]
+            checks.append(
+                ([k for k, _ in chunk], ["hash", str(len(fields)), *fields], _sha1(lines))
+            )
+    for chunk in _chunks(content.sets):
+        lines = ["|".join(sorted(members)) for _, members in chunk]
+        checks.append(([k for k, _ in chunk], ["set"], _sha1(lines)))
+    for chunk in _chunks(content.zsets):
+        lines = ["|".join(f"{m}={s}" for s, m in members) for _, members in chunk]
+        checks.append(([k for k, _ in chunk], ["zset"], _sha1(lines)))
+    for n, (call_keys, args, expected) in enumerate(checks, 1):
+        [got] = await engine.run_script("digest", call_keys, args)
+        if got != expected:
+            raise VerificationFailed(
+                f"Redis differs from the ledger after rehydrate, among keys {call_keys[:3]}…"
+            )
+        if progress is not None and (n % 20 == 0 or n == len(checks)):
+            progress("verify", n, len(checks))
+    expected_keys = sum(len(v) for v in content.hashes.values()) + len(content.sets)
+    expected_keys += len(content.zsets)
+    present = 0
+    async for raw in engine.client.scan_iter(match=engine.keys.pattern(), count=5000):
+        key = raw.decode() if isinstance(raw, bytes) else raw
+        if not key.endswith((":ready", ":events")):
+            present += 1
+    if present != expected_keys:
+        raise VerificationFailed(
+            f"Redis holds {present} keys after rehydrate, the ledger explains {expected_keys}"
+        )
 
 
 async def _position_streams(client: Redis, keys: Keys, store: LedgerStore, group: str) -> None:
@@ -279,7 +365,6 @@ async def rehydrate(
     drain: bool = True,
     group: str = "onhand-ledger",
     retention_ms: int = 24 * 60 * 60 * 1000,
-    batch: int = 5_000,
     progress: Progress | None = None,
 ) -> RehydrateReport:
     """Rebuild the engine's namespace from the ledger (see the module docstring)."""
@@ -301,15 +386,9 @@ async def rehydrate(
     seconds, micros = await client.time()
     now_ms = int(seconds) * 1000 + int(micros) // 1000
     expected = await ledger_state(store, now_ms=now_ms, retention_ms=retention_ms)
-    await write_state(
-        client, keys, expected, retention_ms=retention_ms, batch=batch, progress=progress
-    )
+    await write_state(engine, expected, retention_ms=retention_ms, progress=progress)
     await _position_streams(client, keys, store, group)
-    if progress is not None:
-        progress("verify", 0, 1)
-    actual = await read_state(client, keys)
-    if actual != expected:
-        raise VerificationFailed(_difference(expected, actual))
+    await verify_state(engine, expected, retention_ms=retention_ms, progress=progress)
     run_id = str((await client.info("server"))["run_id"])
     epoch = await store.new_epoch(run_id, "rehydrate")
     await engine.mark_ready(epoch)
@@ -323,15 +402,3 @@ async def rehydrate(
         run_id=run_id,
         seconds=time.perf_counter() - started,
     )
-
-
-def _difference(expected: State, actual: State) -> str:
-    parts = []
-    for name in ("records", "skus", "warehouses", "reservations", "deadlines", "holds"):
-        want, got = getattr(expected, name), getattr(actual, name)
-        if want != got:
-            missing = [k for k in want if k not in got][:3]
-            extra = [k for k in got if k not in want][:3]
-            changed = [k for k in want if k in got and want[k] != got[k]][:3]
-            parts.append(f"{name}: missing {missing} extra {extra} changed {changed}")
-    return "Redis differs from the ledger after rehydrate: " + "; ".join(parts)

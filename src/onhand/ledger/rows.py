@@ -93,6 +93,7 @@ class Batch:
     extensions: dict[str, tuple[int, int, int]] = field(default_factory=dict)
     policies: dict[str, Event] = field(default_factory=dict)
     watermarks: dict[int, tuple[int, int]] = field(default_factory=dict)
+    positions: dict[int, tuple[int, int]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.movements)
@@ -162,8 +163,9 @@ def build_batch(entries: list[tuple[int, str, Event]], *, advance_watermarks: bo
                 _opt(e.policy),
             )
         )
+        batch.positions[partition] = max(batch.positions.get(partition, (0, 0)), (ms, seq))
         if advance_watermarks:
-            batch.watermarks[partition] = max(batch.watermarks.get(partition, (0, 0)), (ms, seq))
+            batch.watermarks[partition] = batch.positions[partition]
         if e.type not in _NOT_RECORD_CHANGES:
             key = (e.sku, e.warehouse)
             current = batch.levels.get(key)

@@ -18,6 +18,7 @@ from typing import Any
 
 import asyncpg
 
+from onhand.domain import ReservationStatus
 from onhand.ledger.rows import MOVEMENT_COLUMNS, STATUS_RANK, Batch
 
 __all__ = ["ApplyResult", "LedgerStore"]
@@ -50,9 +51,10 @@ WHERE stock_levels.version < EXCLUDED.version
 _CREATE_RESERVATIONS = """
 INSERT INTO reservations (reservation_id, status, status_rank, owner, fingerprint,
                           created_ms, deadline_ms, max_deadline_ms, extensions, updated_ms)
-SELECT id, 'pending', 0, own, fp, cr, dl, cap, 0, cr
-FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[])
-     AS u(id, own, fp, cr, dl, cap)
+SELECT id, st, rank, own, fp, cr, dl, cap, 0, up
+FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[],
+            $7::text[], $8::smallint[], $9::bigint[])
+     AS u(id, own, fp, cr, dl, cap, st, rank, up)
 ON CONFLICT (reservation_id) DO NOTHING
 """
 _ALLOCATIONS = """
@@ -91,6 +93,16 @@ SELECT * FROM unnest($1::smallint[], $2::bigint[], $3::bigint[])
 ON CONFLICT (partition) DO UPDATE SET
     stream_ms = EXCLUDED.stream_ms, stream_seq = EXCLUDED.stream_seq, updated_at = now()
 WHERE (stream_watermarks.stream_ms, stream_watermarks.stream_seq)
+    < (EXCLUDED.stream_ms, EXCLUDED.stream_seq)
+"""
+
+
+_POSITIONS = """
+INSERT INTO stream_positions (partition, stream_ms, stream_seq)
+SELECT * FROM unnest($1::smallint[], $2::bigint[], $3::bigint[])
+ON CONFLICT (partition) DO UPDATE SET
+    stream_ms = EXCLUDED.stream_ms, stream_seq = EXCLUDED.stream_seq
+WHERE (stream_positions.stream_ms, stream_positions.stream_seq)
     < (EXCLUDED.stream_ms, EXCLUDED.stream_seq)
 """
 
@@ -160,18 +172,33 @@ class LedgerStore:
                 for e in batch.levels.values()
             ]
             await conn.execute(_LEVELS, *_columns(levels, 9))
+        statuses_left = dict(batch.statuses)
         if batch.created:
-            created: list[tuple[Any, ...]] = [
-                (rid, e.owner, e.fingerprint, e.at_ms, e.deadline_ms, e.max_deadline_ms)
-                for rid, e in batch.created.items()
-            ]
-            await conn.execute(_CREATE_RESERVATIONS, *_columns(created, 6))
+            # A reservation created and resolved in the same batch is inserted with its
+            # final status (one write instead of an insert and an update).
+            created: list[tuple[Any, ...]] = []
+            for rid, e in batch.created.items():
+                status, at = statuses_left.pop(rid, (ReservationStatus.PENDING, e.at_ms))
+                created.append(
+                    (
+                        rid,
+                        e.owner,
+                        e.fingerprint,
+                        e.at_ms,
+                        e.deadline_ms,
+                        e.max_deadline_ms,
+                        status.value,
+                        STATUS_RANK[status],
+                        max(at, e.at_ms),
+                    )
+                )
+            await conn.execute(_CREATE_RESERVATIONS, *_columns(created, 9))
             allocs = [
                 (rid, ln, wh, sku, q) for (rid, ln, wh), (sku, q) in batch.allocations.items()
             ]
             await conn.execute(_ALLOCATIONS, *_columns(allocs, 5))
-        if batch.statuses:
-            statuses = [(r, s.value, STATUS_RANK[s], at) for r, (s, at) in batch.statuses.items()]
+        if statuses_left:
+            statuses = [(r, s.value, STATUS_RANK[s], at) for r, (s, at) in statuses_left.items()]
             await conn.execute(_STATUSES, *_columns(statuses, 4))
         if batch.extensions:
             extended = [(rid, n, dl, at) for rid, (n, dl, at) in batch.extensions.items()]
@@ -185,6 +212,9 @@ class LedgerStore:
         if batch.watermarks:
             marks = [(p, ms, seq) for p, (ms, seq) in batch.watermarks.items()]
             await conn.execute(_WATERMARKS, *_columns(marks, 3))
+        if batch.positions:
+            positions = [(p, ms, seq) for p, (ms, seq) in batch.positions.items()]
+            await conn.execute(_POSITIONS, *_columns(positions, 3))
         return ApplyResult(inserted, len(batch.movements) - inserted, divergent)
 
     # -- failures ------------------------------------------------------------------------
@@ -220,8 +250,7 @@ class LedgerStore:
     async def max_stream_ids(self) -> dict[int, tuple[int, int]]:
         """Per partition, the highest stream position any stored movement came from."""
         rows = await self.pool.fetch(
-            "SELECT DISTINCT ON (partition) partition, stream_ms, stream_seq FROM movements"
-            " ORDER BY partition, stream_ms DESC, stream_seq DESC"
+            "SELECT partition, stream_ms, stream_seq FROM stream_positions"
         )
         return {r["partition"]: (r["stream_ms"], r["stream_seq"]) for r in rows}
 

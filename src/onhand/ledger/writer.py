@@ -69,7 +69,17 @@ class _Entry:
     partition: int
     stream: str
     stream_id: str
-    fields: dict[str, str] | None
+    fields: dict[bytes, bytes] | dict[str, str] | None  # None: trimmed while pending
+
+    def text_fields(self) -> dict[str, str]:
+        return {_s(k): _s(v) for k, v in (self.fields or {}).items()}
+
+
+async def _settle(task: asyncio.Task[None] | None) -> asyncio.Task[None] | None:
+    """Wait for the batch in flight (if any); the result is the new (empty) slot."""
+    if task is not None:
+        await task
+    return None
 
 
 def _s(value: Any) -> str:
@@ -87,7 +97,7 @@ class StreamWriter:
         *,
         group: str = "onhand-ledger",
         consumer: str | None = None,
-        batch: int = 5_000,
+        batch: int = 20_000,
         block_ms: int = 200,
         claim_idle_ms: int = 30_000,
         max_attempts: int = 3,
@@ -148,26 +158,36 @@ class StreamWriter:
                     raise
 
     async def main(self) -> None:
+        """Run the loop (module docstring). One batch is committed while the next is read
+        and parsed, so Redis reads and Postgres commits overlap; acknowledgements still
+        follow their own batch's commit."""
         await self._retry_redis(self.setup)
         await self._drain(own_pending=True)
         next_claim = next_trim = 0.0
-        while not self.stopping:
-            now = time.monotonic()
-            claimed = 0
-            if now >= next_claim:
-                claimed = await self._retry_redis(self._claim)
-                next_claim = now + self.claim_idle_ms / 2000
-            read = await self._retry_redis(lambda: self._read(">", block=not self.burst))
-            if read:
-                await self._process(read)
-            if now >= next_trim or (self.burst and not read):
-                await self._retry_redis(self.trim)
-                await self._guard()
-                next_trim = now + self.trim_interval_ms / 1000
-            if self.burst and not read and not claimed:
-                if not await self._retry_redis(lambda: self._read("0", block=False)):
-                    return
-                await self._drain(own_pending=True)
+        inflight: asyncio.Task[None] | None = None
+        try:
+            while not self.stopping:
+                now = time.monotonic()
+                claimed = 0
+                if now >= next_claim:
+                    inflight = await _settle(inflight)
+                    claimed = await self._retry_redis(self._claim)
+                    next_claim = now + self.claim_idle_ms / 2000
+                read = await self._retry_redis(lambda: self._read(">", block=not self.burst))
+                inflight = await _settle(inflight)
+                if read:
+                    inflight = asyncio.create_task(self._process(read))
+                if now >= next_trim or (self.burst and not read):
+                    inflight = await _settle(inflight)
+                    await self._retry_redis(self.trim)
+                    await self._guard()
+                    next_trim = now + self.trim_interval_ms / 1000
+                if self.burst and not read and not claimed:
+                    if not await self._retry_redis(lambda: self._read("0", block=False)):
+                        return
+                    await self._drain(own_pending=True)
+        finally:
+            await _settle(inflight)  # the batch in flight is committed and acknowledged
 
     # -- reading -------------------------------------------------------------------------
     async def _retry_redis(self, call: Callable[[], Awaitable[T]]) -> T:
@@ -187,7 +207,7 @@ class StreamWriter:
             self.group,
             self.consumer,
             dict.fromkeys(self.streams, start),
-            count=self.batch,
+            count=max(1, self.batch // len(self.streams)),
             block=self.block_ms if block else None,
         )
         entries: list[_Entry] = []
@@ -195,8 +215,7 @@ class StreamWriter:
             stream = _s(stream_raw)
             partition = self.keys.stream_partition(stream)
             for stream_id, fields in items:
-                decoded = {_s(k): _s(v) for k, v in fields.items()} if fields else None
-                entries.append(_Entry(partition, stream, _s(stream_id), decoded))
+                entries.append(_Entry(partition, stream, _s(stream_id), fields or None))
         return entries
 
     async def _drain(self, *, own_pending: bool) -> None:
@@ -222,15 +241,7 @@ class StreamWriter:
                 deleted = [_s(d) for d in (reply[2] if len(reply) > 2 else [])]
                 if deleted:
                     await self._lost(partition, stream, deleted, ack=False)
-                entries = [
-                    _Entry(
-                        partition,
-                        stream,
-                        _s(i),
-                        {_s(k): _s(v) for k, v in f.items()} if f else None,
-                    )
-                    for i, f in items
-                ]
+                entries = [_Entry(partition, stream, _s(i), f or None) for i, f in items]
                 if entries:
                     claimed += len(entries)
                     await self._process(entries)
@@ -330,7 +341,7 @@ class StreamWriter:
 
     async def _dead_letter(self, entry: _Entry, error: str, attempts: int) -> None:
         logger.error("writer: dead-lettering %s %s: %s", entry.stream, entry.stream_id, error)
-        fields = entry.fields or {}
+        fields = entry.text_fields()
         await self._retry_pg(
             lambda: self.store.dead_letter(
                 entry.partition, entry.stream_id, fields, error, attempts

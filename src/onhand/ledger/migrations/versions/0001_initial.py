@@ -55,12 +55,12 @@ READ_WRITE_TABLES = (
     "reservations",
     "reservation_allocations",
     "stream_watermarks",
+    "stream_positions",
     "dead_letters",
     "lost_events",
     "redis_epochs",
 )
 SEQUENCES = (
-    "stream_watermarks_partition_seq",
     "dead_letters_id_seq",
     "lost_events_id_seq",
     "redis_epochs_epoch_seq",
@@ -118,6 +118,7 @@ def downgrade() -> None:
     op.drop_table("redis_epochs")
     op.drop_table("lost_events")
     op.drop_table("dead_letters")
+    op.drop_table("stream_positions")
     op.drop_table("stream_watermarks")
     op.drop_table("reservation_allocations")
     op.drop_index(op.f("ix_reservations_owner_status"), table_name="reservations")
@@ -126,10 +127,8 @@ def downgrade() -> None:
     op.drop_table("sku_policies")
     op.drop_table("warehouses")
     op.drop_table("stock_levels")
-    op.drop_index(op.f("ix_movements_partition_stream_ms_stream_seq"), table_name="movements")
     op.drop_index(op.f("ix_movements_reference"), table_name="movements")
     op.drop_index(op.f("ix_movements_at_ms"), table_name="movements")
-    op.drop_index(op.f("ix_movements_type_at_ms"), table_name="movements")
     op.drop_index(op.f("ix_movements_reservation_id"), table_name="movements")
     op.drop_index(op.f("ix_movements_sku_warehouse_version"), table_name="movements")
     op.drop_table("movements")
@@ -200,15 +199,19 @@ def _create_tables() -> None:
     op.create_index(
         op.f("ix_movements_sku_warehouse_version"), "movements", ["sku", "warehouse", "version"]
     )
-    op.create_index(op.f("ix_movements_reservation_id"), "movements", ["reservation_id"])
-    op.create_index(op.f("ix_movements_type_at_ms"), "movements", ["type", "at_ms"])
-    op.create_index(op.f("ix_movements_at_ms"), "movements", ["at_ms"])
-    op.create_index(op.f("ix_movements_reference"), "movements", ["reference"])
     op.create_index(
-        op.f("ix_movements_partition_stream_ms_stream_seq"),
+        op.f("ix_movements_reservation_id"),
         "movements",
-        ["partition", "stream_ms", "stream_seq"],
+        ["reservation_id"],
+        postgresql_where=sa.text("reservation_id IS NOT NULL"),
     )
+    op.create_index(
+        op.f("ix_movements_reference"),
+        "movements",
+        ["reference"],
+        postgresql_where=sa.text("reference IS NOT NULL"),
+    )
+    op.create_index(op.f("ix_movements_at_ms"), "movements", ["at_ms"], postgresql_using="brin")
 
     op.create_table(
         "stock_levels",
@@ -288,12 +291,6 @@ def _create_tables() -> None:
         sa.Column("sku", sa.Text(), nullable=False),
         sa.Column("qty", sa.BigInteger(), nullable=False),
         sa.CheckConstraint("qty > 0", name=op.f("ck_reservation_allocations_qty")),
-        sa.ForeignKeyConstraint(
-            ["reservation_id"],
-            ["reservations.reservation_id"],
-            name=op.f("fk_reservation_allocations_reservation_id_reservations"),
-            ondelete="CASCADE",
-        ),
         sa.PrimaryKeyConstraint(
             "reservation_id", "line", "warehouse", name=op.f("pk_reservation_allocations")
         ),
@@ -301,8 +298,7 @@ def _create_tables() -> None:
 
     op.create_table(
         "stream_watermarks",
-        # SMALLSERIAL, as tables.py renders a lone SmallInteger primary key.
-        sa.Column("partition", sa.SmallInteger(), autoincrement=True, nullable=False),
+        sa.Column("partition", sa.SmallInteger(), autoincrement=False, nullable=False),
         sa.Column("stream_ms", sa.BigInteger(), nullable=False),
         sa.Column("stream_seq", sa.BigInteger(), nullable=False),
         sa.Column(
@@ -312,6 +308,13 @@ def _create_tables() -> None:
             nullable=False,
         ),
         sa.PrimaryKeyConstraint("partition", name=op.f("pk_stream_watermarks")),
+    )
+    op.create_table(
+        "stream_positions",
+        sa.Column("partition", sa.SmallInteger(), autoincrement=False, nullable=False),
+        sa.Column("stream_ms", sa.BigInteger(), nullable=False),
+        sa.Column("stream_seq", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("partition", name=op.f("pk_stream_positions")),
     )
 
     op.create_table(

@@ -1,0 +1,346 @@
+"""Benchmarks of the durable ledger: drain rate, lag under load, rehydrate at scale.
+
+    python -m loadtests.bench_ledger [--quick] [--json FILE]
+
+Needs a Redis and a PostgreSQL (``ONHAND_BENCH_REDIS_URL``,
+``ONHAND_BENCH_PG_ADMIN_URL``; defaults: the local servers). Works in its own Redis
+namespace and its own database, both removed afterwards. Every figure is printed
+next to its baseline from the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import resource
+import sys
+import time
+import uuid
+from typing import Any
+
+import asyncpg
+import redis.asyncio
+
+from loadtests.common import (
+    REDIS_URL,
+    Report,
+    delete_namespace,
+    machine,
+    percentile,
+    scratch_database,
+)
+from onhand.domain import Line, ReserveRequest
+from onhand.engine.base import ManualClock
+from onhand.engine.memory import MemoryEngine
+from onhand.engine.redis import RedisEngine, connect
+from onhand.errors import InsufficientStock
+from onhand.keys import Keys
+from onhand.ledger.migrate import asyncpg_dsn
+from onhand.ledger.rows import MOVEMENT_COLUMNS, build_batch, parse_stream_id
+from onhand.ledger.store import LedgerStore
+from onhand.ledger.writer import StreamWriter
+
+PARTITIONS = 16
+
+
+async def _synthetic_events(n_events: int, keys: Keys) -> list[tuple[str, dict[str, str]]]:
+    """Realistic events from the reference engine: receipts, holds, confirms, expiries."""
+    clock = ManualClock()
+    mem = MemoryEngine(clock=clock)
+    rng = random.Random(7)
+    skus = [f"S{i}" for i in range(2_000)]
+    whs = ("W1", "W2", "W3")
+    for sku in skus:
+        for wh in whs:
+            await mem.receive(sku, wh, 1_000_000)
+    n = 0
+    while len(mem._log) < n_events:
+        n += 1
+        rid = f"r{n}"
+        sku = rng.choice(skus)
+        await mem.reserve(ReserveRequest(rid, (Line(sku, rng.randint(1, 3), whs, True),), 60_000))
+        roll = rng.random()
+        if roll < 0.6:
+            await mem.confirm(rid)
+        elif roll < 0.8:
+            await mem.release(rid)
+        clock.advance(1)
+    out = []
+    for e in mem._log[:n_events]:
+        out.append((keys.sku_stream(e.sku), e.to_fields()))
+    return out
+
+
+async def _fill_streams(
+    client: redis.asyncio.Redis, events: list[tuple[str, dict[str, str]]]
+) -> None:
+    for start in range(0, len(events), 5_000):
+        async with client.pipeline(transaction=False) as pipe:
+            for stream, fields in events[start : start + 5_000]:
+                pipe.xadd(stream, dict(fields))  # type: ignore[arg-type]
+            await pipe.execute()
+
+
+async def bench_drain(report: Report, n_events: int) -> None:
+    namespace = f"bench{uuid.uuid4().hex[:8]}"
+    keys = Keys(namespace, PARTITIONS)
+    client = connect(REDIS_URL)
+    try:
+        async with scratch_database() as db:
+            store = await LedgerStore.open(asyncpg_dsn(db), max_size=4)
+            try:
+                events = await _synthetic_events(n_events, keys)
+                await _fill_streams(client, events)
+                # baseline: the bare ledger insert (COPY to staging + INSERT … ON CONFLICT),
+                # no Redis reads, no projections, on the same rows
+                entries = []
+                for i, (stream, fields) in enumerate(events):
+                    from onhand.events import Event
+
+                    entries.append(
+                        (keys.stream_partition(stream), f"{i + 1}-0", Event.from_fields(fields))
+                    )
+                rows = build_batch(entries).movements
+                conn = await asyncpg.connect(asyncpg_dsn(db))
+                try:
+                    await conn.execute(
+                        "CREATE TEMP TABLE base AS SELECT * FROM movements WITH NO DATA;"
+                        "CREATE TEMP TABLE base_target (LIKE movements INCLUDING ALL)"
+                    )
+                    started = time.perf_counter()
+                    for s in range(0, len(rows), 5_000):
+                        async with conn.transaction():
+                            await conn.execute("TRUNCATE base")
+                            await conn.copy_records_to_table(
+                                "base", records=rows[s : s + 5_000], columns=MOVEMENT_COLUMNS
+                            )
+                            cols = ", ".join(MOVEMENT_COLUMNS)
+                            await conn.execute(
+                                f"INSERT INTO base_target ({cols}) SELECT {cols} FROM base"
+                                " ON CONFLICT (event_id) DO NOTHING"
+                            )
+                    baseline = len(rows) / (time.perf_counter() - started)
+                finally:
+                    await conn.close()
+                writer = StreamWriter(client, store, keys, batch=5_000, burst=True, block_ms=10)
+                started = time.perf_counter()
+                await writer.main()
+                elapsed = time.perf_counter() - started
+                rate = writer.written / elapsed
+                report.add(
+                    "writer drain rate (stream → Postgres, with projections)",
+                    rate,
+                    "events/s",
+                    "≥ 50,000",
+                    rate >= 50_000,
+                )
+                report.add(
+                    "baseline: bare COPY + INSERT ON CONFLICT of the same rows", baseline, "rows/s"
+                )
+                report.add("writer / baseline", rate / baseline, "x")
+                assert writer.written == n_events, (writer.written, n_events)
+            finally:
+                await store.close()
+    finally:
+        await client.aclose()
+        delete_namespace(namespace)
+
+
+async def bench_lag(report: Report, seconds: float, concurrency: int) -> None:
+    namespace = f"bench{uuid.uuid4().hex[:8]}"
+    client = connect(REDIS_URL, max_connections=concurrency + 8)
+    try:
+        async with scratch_database() as db:
+            store = await LedgerStore.open(asyncpg_dsn(db), max_size=4)
+            engine = RedisEngine(client, namespace=namespace, partitions=PARTITIONS)
+            await engine.mark_ready(0)
+            skus = [f"S{i}" for i in range(1_000)]
+            for sku in skus:
+                await engine.receive(sku, "W1", 10_000_000)
+            writer = StreamWriter(
+                client, store, engine.keys, batch=5_000, block_ms=50, trim_interval_ms=500
+            )
+            task = asyncio.create_task(writer.main())
+            stop = time.monotonic() + seconds
+            done = 0
+            rng = random.Random(3)
+
+            async def load() -> None:
+                nonlocal done
+                while time.monotonic() < stop:
+                    rid = uuid.uuid4().hex
+                    try:
+                        await engine.reserve(
+                            ReserveRequest(rid, (Line(rng.choice(skus), 1, ("W1",)),), 60_000)
+                        )
+                        await engine.confirm(rid)
+                    except InsufficientStock:
+                        pass
+                    done += 1
+
+            lags: list[float] = []
+
+            async def sample() -> None:
+                while time.monotonic() < stop:
+                    lags.append(await _lag_seconds(client, store, engine.keys))
+                    await asyncio.sleep(0.1)
+
+            started = time.perf_counter()
+            await asyncio.gather(sample(), *(load() for _ in range(concurrency)))
+            rate = done / (time.perf_counter() - started)
+            writer.close()
+            await task
+            await store.close()
+            report.add("sustained load during the lag run (reserve + confirm)", rate, "orders/s")
+            report.add("writer lag p50", percentile(lags, 50) * 1000, "ms")
+            report.add(
+                "writer lag p99",
+                percentile(lags, 99) * 1000,
+                "ms",
+                "< 1,000 ms",
+                percentile(lags, 99) < 1.0,
+            )
+            report.add("writer lag max", max(lags) * 1000, "ms")
+    finally:
+        await client.aclose()
+        delete_namespace(namespace)
+
+
+async def _lag_seconds(client: redis.asyncio.Redis, store: LedgerStore, keys: Keys) -> float:
+    marks = await store.watermarks()
+    oldest = None
+    for p in range(keys.partitions):
+        mark = marks.get(p, (0, 0))
+        first: Any = await client.xrange(keys.stream(p), f"({mark[0]}-{mark[1]}", "+", count=1)
+        if first:
+            ms = parse_stream_id(first[0][0].decode())[0]
+            oldest = ms if oldest is None else min(oldest, ms)
+    if oldest is None:
+        return 0.0
+    seconds, micros = await client.time()
+    return max(0.0, (seconds * 1000 + micros // 1000 - oldest) / 1000)
+
+
+async def bench_rehydrate(report: Report, records: int, holds: int) -> None:
+    namespace = f"bench{uuid.uuid4().hex[:8]}"
+    try:
+        async with scratch_database() as db:
+            conn = await asyncpg.connect(asyncpg_dsn(db))
+            try:
+                n_skus = records // 4
+                levels = [
+                    (f"S{i // 4}", f"W{i % 4}", 100, 0, 0, 0, 1, False, 0) for i in range(records)
+                ]
+                now_ms = int(time.time() * 1000)
+                held: dict[tuple[str, str], int] = {}
+                res, allocs = [], []
+                for h in range(holds):
+                    sku, wh = f"S{h % n_skus}", f"W{h % 4}"
+                    held[(sku, wh)] = held.get((sku, wh), 0) + 1
+                    res.append(
+                        (
+                            f"h{h}",
+                            "pending",
+                            0,
+                            "",
+                            "f" * 64,
+                            now_ms,
+                            now_ms + 3_600_000,
+                            now_ms + 7_200_000,
+                            0,
+                            now_ms,
+                        )
+                    )
+                    allocs.append((f"h{h}", 0, wh, sku, 1))
+                levels = [
+                    (s, w, on, held.get((s, w), 0), co, ss, v + held.get((s, w), 0), low, up)
+                    for s, w, on, _, co, ss, v, low, up in levels
+                ]
+                await conn.copy_records_to_table("stock_levels", records=levels)
+                await conn.copy_records_to_table(
+                    "reservations",
+                    records=res,
+                    columns=[
+                        "reservation_id",
+                        "status",
+                        "status_rank",
+                        "owner",
+                        "fingerprint",
+                        "created_ms",
+                        "deadline_ms",
+                        "max_deadline_ms",
+                        "extensions",
+                        "updated_ms",
+                    ],
+                )
+                await conn.copy_records_to_table(
+                    "reservation_allocations",
+                    records=allocs,
+                    columns=["reservation_id", "line", "warehouse", "sku", "qty"],
+                )
+            finally:
+                await conn.close()
+            env = {
+                **os.environ,
+                "ONHAND_REDIS_URL": REDIS_URL,
+                "ONHAND_DATABASE_URL": db,
+                "ONHAND_NAMESPACE": namespace,
+                "ONHAND_PARTITIONS": str(PARTITIONS),
+            }
+            started = time.perf_counter()
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "onhand",
+                "rehydrate",
+                env=env,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            _, err = await proc.communicate()
+            elapsed = time.perf_counter() - started
+            if proc.returncode != 0:
+                raise RuntimeError(err.decode()[-2000:])
+            peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+            report.add(
+                f"rehydrate {records:,} records + {holds:,} open holds (whole command)",
+                elapsed,
+                "s",
+                "< 60 s",
+                elapsed < 60,
+            )
+            report.add("rehydrate: records per second", records / elapsed, "records/s")
+            report.add("rehydrate: peak memory of the process", peak_mb, "MiB")
+    finally:
+        delete_namespace(namespace)
+
+
+def _write_json(path: str, payload: dict[str, Any]) -> None:
+    with open(path, "w") as fh:
+        json.dump(payload, fh, indent=2)
+
+
+async def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json", metavar="FILE")
+    args = parser.parse_args(argv)
+    report = Report("Durable ledger")
+    quick = args.quick
+    await bench_drain(report, 50_000 if quick else 200_000)
+    await bench_lag(report, 10 if quick else 30, 32)
+    await bench_rehydrate(report, 100_000 if quick else 1_000_000, 10_000 if quick else 100_000)
+    print(report.table())
+    info = machine()
+    print("\n" + ", ".join(f"{k}: {v}" for k, v in info.items()))
+    if args.json:
+        payload: dict[str, Any] = {"machine": info, "figures": [f.__dict__ for f in report.figures]}
+        _write_json(args.json, payload)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
