@@ -7,8 +7,8 @@
   ARGV[1] clock_ms (unused; common layout)
   ARGV[2] kind: 'hash' | 'set' | 'zset'
   hash:  ARGV[3] = n fields, ARGV[4..3+n] field names, then n values per key, in order
-  set:   per key: m, then m members
-  zset:  per key: m, then m pairs of score (ms, decimal) and member
+  set:   per key: m (1..4000), then m members
+  zset:  per key: m (1..4000), then m pairs of score (ms, decimal) and member
 
   Returns {'OK', now_ms, keys_written}   {'BADARG', now_ms, i}
 ]]
@@ -33,7 +33,7 @@ local function main()
   elseif kind == 'set' or kind == 'zset' then
     local width = (kind == 'set') and 1 or 2
     for k = 1, #KEYS do
-      local m = arg_int(i, 1, 100000)
+      local m = arg_int(i, 1, 4000)
       local args = {}
       for j = i + 1, i + m * width do args[#args + 1] = ARGV[j] end
       if #args ~= m * width then reject('BADARG', fmt(i)) end

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 
 import pytest
@@ -69,6 +70,23 @@ async def test_rehydrate_rebuilds_exactly_the_state_redis_had(
         await stack.engine.receive(sku, next(iter(before.warehouses[sku])), 1)
         writer = await stack.drain()
         assert writer.written == 1 and writer.lost == 0
+
+
+async def test_rehydrate_rebuilds_thousands_of_open_holds_in_one_partition(
+    redis_url: str, database_url: str, namespace: str
+):
+    async with open_stack(redis_url, database_url, namespace, partitions=1) as stack:
+        sku, wh = new_id("s"), new_id("w")
+        await stack.engine.receive(sku, wh, 5_000)
+        for _ in range(50):
+            await asyncio.gather(
+                *(stack.engine.reserve(_order(new_id("r"), sku, (wh,), 1)) for _ in range(50))
+            )
+        before = await stack.engine.state()
+        await stack.drain()
+        await rehydrate(stack.engine, stack.store, force=True)
+        assert await stack.engine.state() == before
+        assert len(before.deadlines) == 2_500
 
 
 async def test_an_emptied_redis_is_fenced_then_rebuilt_and_a_durable_confirm_survives(

@@ -254,7 +254,7 @@ def _chunks(items: list[Any], size: int = CHUNK) -> list[list[Any]]:
 
 
 def _zset_parts(members: list[tuple[int, str]]) -> list[list[tuple[int, str]]]:
-    return _chunks(members, 50_000)  # stays under the script's per-key bound
+    return _chunks(members, 2_000)  # Lua's unpack() takes at most ~8,000 values
 
 
 async def write_state(
@@ -273,7 +273,8 @@ async def write_state(
             for _, values in chunk:
                 args += values
             calls.append(([k for k, _ in chunk], args))
-    for chunk in _chunks(content.sets):
+    set_parts = [(k, part) for k, members in content.sets for part in _chunks(members, 2_000)]
+    for chunk in _chunks(set_parts):
         args = ["set"]
         for _, members in chunk:
             args += [str(len(members)), *members]
