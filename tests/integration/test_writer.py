@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from onhand.domain import Line, ReserveRequest, SkuPolicy
@@ -150,3 +152,74 @@ async def test_an_unparsable_entry_goes_to_dead_letters_and_the_rest_commits(
         assert (writer.written, writer.dead_lettered) == (produced, 1)
         row = await stack.store.pool.fetchrow("SELECT fields, error FROM dead_letters")
         assert row is not None and "no-such-type" in row["fields"]
+
+
+async def test_a_confirm_in_a_later_batch_than_its_reservation_reaches_the_ledger(
+    redis_url: str, database_url: str, namespace: str
+):
+    """A two-partition order: one partition's reserve lands in batch 1, the rest later."""
+    from onhand.events import Event
+    from onhand.ledger.rows import build_batch
+
+    async with open_stack(redis_url, database_url, namespace) as stack:
+        e, keys = stack.engine, stack.engine.keys
+        a = new_id("s")
+        b = next(
+            s for s in (new_id("s") for _ in range(100)) if keys.partition(s) != keys.partition(a)
+        )
+        wh, rid = new_id("w"), new_id("r")
+        for sku in (a, b):
+            await e.receive(sku, wh, 5)
+        lines = (Line(a, 1, (wh,)), Line(b, 1, (wh,)))
+        await e.reserve(ReserveRequest(rid, lines, ttl_ms=60_000))
+        await e.confirm(rid)
+        writer = stack.writer()
+        await writer.setup()
+        entries = [
+            (x.partition, x.stream_id, Event.from_fields(x.fields or {}))
+            for x in await writer._read(">", block=False)
+        ]
+        first = [x for x in entries if x[0] == keys.partition(a) and x[2].type != "confirmed"]
+        await stack.store.apply(build_batch(first))
+        await stack.store.apply(build_batch(entries))
+        status = await stack.fetchval(
+            "SELECT status FROM reservations WHERE reservation_id = $1", rid
+        )
+        assert status == "confirmed"
+
+
+async def test_a_burst_writer_takes_over_what_a_crashed_consumer_still_held(
+    redis_url: str, database_url: str, namespace: str
+):
+    async with open_stack(redis_url, database_url, namespace) as stack:
+        await _busy(stack, 5)
+        produced = len(await stack.engine.events())
+        crashed = stack.writer(consumer="crashed")
+        await crashed.setup()
+        assert len(await crashed._read(">", block=False)) == produced  # then it dies
+        writer = await stack.drain(consumer="after", claim_idle_ms=30_000)
+        assert writer.written == produced
+        for stream in stack.engine.keys.all_streams():
+            assert (await stack.client.xpending(stream, writer.group))["pending"] == 0
+
+
+async def test_a_schema_problem_pauses_the_writer_instead_of_dead_lettering_events(
+    redis_url: str, database_url: str, namespace: str
+):
+    async with open_stack(redis_url, database_url, namespace) as stack:
+        await _busy(stack, 3)
+        produced = len(await stack.engine.events())
+        await stack.store.pool.execute("ALTER TABLE stock_levels RENAME TO stock_levels_gone")
+        writer = stack.writer(burst=False)
+        task = asyncio.create_task(writer.main())
+        await asyncio.sleep(1.0)
+        assert writer.written == 0 and writer.dead_lettered == 0
+        assert writer.metrics.postgres_errors._value.get() > 0
+        await stack.store.pool.execute("ALTER TABLE stock_levels_gone RENAME TO stock_levels")
+        for _ in range(100):
+            if writer.written == produced:
+                break
+            await asyncio.sleep(0.1)
+        writer.close()
+        await task
+        assert (writer.written, writer.dead_lettered) == (produced, 0)

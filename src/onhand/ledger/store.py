@@ -56,6 +56,7 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::
             $7::text[], $8::smallint[], $9::bigint[])
      AS u(id, own, fp, cr, dl, cap, st, rank, up)
 ON CONFLICT (reservation_id) DO NOTHING
+RETURNING reservation_id
 """
 _ALLOCATIONS = """
 INSERT INTO reservation_allocations (reservation_id, line, warehouse, sku, qty)
@@ -175,10 +176,12 @@ class LedgerStore:
         statuses_left = dict(batch.statuses)
         if batch.created:
             # A reservation created and resolved in the same batch is inserted with its
-            # final status (one write instead of an insert and an update).
+            # final status (one write instead of an insert and an update). Where the row
+            # already existed (its other partition's events came in an earlier batch),
+            # the insert does nothing and the status goes through the guarded update.
             created: list[tuple[Any, ...]] = []
             for rid, e in batch.created.items():
-                status, at = statuses_left.pop(rid, (ReservationStatus.PENDING, e.at_ms))
+                status, at = statuses_left.get(rid, (ReservationStatus.PENDING, e.at_ms))
                 created.append(
                     (
                         rid,
@@ -192,7 +195,9 @@ class LedgerStore:
                         max(at, e.at_ms),
                     )
                 )
-            await conn.execute(_CREATE_RESERVATIONS, *_columns(created, 9))
+            inserted_rows = await conn.fetch(_CREATE_RESERVATIONS, *_columns(created, 9))
+            for row in inserted_rows:
+                statuses_left.pop(row[0], None)
             allocs = [
                 (rid, ln, wh, sku, q) for (rid, ln, wh), (sku, q) in batch.allocations.items()
             ]

@@ -52,6 +52,11 @@ __all__ = ["StreamWriter"]
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
+DATA_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+"""Postgres errors about the data of an event: the only ones that may dead-letter it.
+Any other error (a missing table, a permission, a syntax error after a bad deploy) says
+the writer cannot work at all: it backs off and retries without acknowledging."""
+
 TRANSIENT_PG = (
     OSError,
     TimeoutError,
@@ -183,9 +188,10 @@ class StreamWriter:
                     await self._guard()
                     next_trim = now + self.trim_interval_ms / 1000
                 if self.burst and not read and not claimed:
-                    if not await self._retry_redis(lambda: self._read("0", block=False)):
-                        return
-                    await self._drain(own_pending=True)
+                    if await self._retry_redis(lambda: self._read("0", block=False)):
+                        await self._drain(own_pending=True)
+                    elif not await self._retry_redis(self._take_over_group):
+                        return  # nothing new, nothing pending anywhere in the group
         finally:
             await _settle(inflight)  # the batch in flight is committed and acknowledged
 
@@ -225,6 +231,21 @@ class StreamWriter:
             if not entries:
                 return
             await self._process(entries)
+
+    async def _take_over_group(self) -> int:
+        """Burst mode's last step: claim whatever other consumers still hold (idle or
+        not) and persist it, so "drained" means nothing is pending in the group."""
+        pending = 0
+        for stream in self.streams:
+            summary = await self.redis.xpending(stream, self.group)
+            pending += int(summary["pending"]) if summary else 0
+        if not pending:
+            return 0
+        saved, self.claim_idle_ms = self.claim_idle_ms, 0
+        try:
+            return await self._claim()
+        finally:
+            self.claim_idle_ms = saved
 
     async def _claim(self) -> int:
         """Take over entries idle longer than ``claim_idle_ms``; count deleted ones as lost."""
@@ -267,15 +288,24 @@ class StreamWriter:
             await self._retry_redis(lambda: self.redis.xack(stream, self.group, *ids))
 
     async def _retry_pg(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Run ``call``, backing off while Postgres is unreachable or refuses for reasons
+        that are not the data (``DATA_ERRORS`` propagate)."""
         delay = 0.05
         while True:
             try:
                 return await call()
-            except TRANSIENT_PG as exc:
+            except DATA_ERRORS:
+                raise
+            except (*TRANSIENT_PG, asyncpg.PostgresError) as exc:
                 self.metrics.postgres_errors.inc()
                 if self.stopping:
                     raise
-                logger.warning("writer: Postgres unavailable (%s); retrying in %.2fs", exc, delay)
+                if isinstance(exc, TRANSIENT_PG):
+                    logger.warning("writer: Postgres unavailable (%s); retry in %.2fs", exc, delay)
+                else:
+                    logger.error(
+                        "writer: Postgres refused a batch (%r); retry in %.2fs", exc, delay
+                    )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -304,7 +334,7 @@ class StreamWriter:
         started = time.perf_counter()
         try:
             result = await self._retry_pg(lambda: self.store.apply(batch))
-        except asyncpg.PostgresError as exc:  # the data, not the connection: isolate it
+        except DATA_ERRORS as exc:  # the data, not the connection: isolate the event
             logger.warning("writer: batch of %d failed (%s); applying one by one", len(batch), exc)
             for entry, event in parsed:
                 await self._commit_one(entry, event)
@@ -327,7 +357,7 @@ class StreamWriter:
         for attempt in range(1, self.max_attempts + 1):
             try:
                 result = await self._retry_pg(lambda: self.store.apply(batch))
-            except asyncpg.PostgresError as exc:
+            except DATA_ERRORS as exc:
                 if attempt == self.max_attempts:
                     await self._dead_letter(entry, repr(exc), attempt)
                     return
