@@ -150,50 +150,68 @@ async def bench_drain(report: Report, n_events: int) -> None:
 
 
 async def bench_lag(report: Report, seconds: float, concurrency: int) -> None:
+    """Writer lag while reserve + confirm load runs: the writer is its own process, as
+    deployed (``onhand writer``); the load runs here."""
     namespace = f"bench{uuid.uuid4().hex[:8]}"
     client = connect(REDIS_URL, max_connections=concurrency + 8)
     try:
         async with scratch_database() as db:
-            store = await LedgerStore.open(asyncpg_dsn(db), max_size=4)
+            store = await LedgerStore.open(asyncpg_dsn(db), max_size=2)
             engine = RedisEngine(client, namespace=namespace, partitions=PARTITIONS)
             await engine.mark_ready(0)
             skus = [f"S{i}" for i in range(1_000)]
             for sku in skus:
                 await engine.receive(sku, "W1", 10_000_000)
-            writer = StreamWriter(
-                client, store, engine.keys, batch=5_000, block_ms=50, trim_interval_ms=500
+            env = {
+                **os.environ,
+                "ONHAND_REDIS_URL": REDIS_URL,
+                "ONHAND_DATABASE_URL": db,
+                "ONHAND_NAMESPACE": namespace,
+                "ONHAND_PARTITIONS": str(PARTITIONS),
+                "ONHAND_WRITER_BLOCK_MS": "50",
+                "ONHAND_WRITER_TRIM_INTERVAL_MS": "500",
+            }
+            writer = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "onhand",
+                "writer",
+                env=env,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
             )
-            task = asyncio.create_task(writer.main())
-            stop = time.monotonic() + seconds
-            done = 0
-            rng = random.Random(3)
+            try:
+                stop = time.monotonic() + seconds
+                done = 0
+                rng = random.Random(3)
 
-            async def load() -> None:
-                nonlocal done
-                while time.monotonic() < stop:
-                    rid = uuid.uuid4().hex
-                    try:
-                        await engine.reserve(
-                            ReserveRequest(rid, (Line(rng.choice(skus), 1, ("W1",)),), 60_000)
-                        )
-                        await engine.confirm(rid)
-                    except InsufficientStock:
-                        pass
-                    done += 1
+                async def load() -> None:
+                    nonlocal done
+                    while time.monotonic() < stop:
+                        rid = uuid.uuid4().hex
+                        line = Line(rng.choice(skus), 1, ("W1",))
+                        try:
+                            await engine.reserve(ReserveRequest(rid, (line,), 60_000))
+                            await engine.confirm(rid)
+                        except InsufficientStock:
+                            pass
+                        done += 1
 
-            lags: list[float] = []
+                lags: list[float] = []
 
-            async def sample() -> None:
-                while time.monotonic() < stop:
-                    lags.append(await _lag_seconds(client, store, engine.keys))
-                    await asyncio.sleep(0.1)
+                async def sample() -> None:
+                    await asyncio.sleep(1.0)  # let the writer start
+                    while time.monotonic() < stop:
+                        lags.append(await _lag_seconds(client, store, engine.keys))
+                        await asyncio.sleep(0.1)
 
-            started = time.perf_counter()
-            await asyncio.gather(sample(), *(load() for _ in range(concurrency)))
-            rate = done / (time.perf_counter() - started)
-            writer.close()
-            await task
-            await store.close()
+                started = time.perf_counter()
+                await asyncio.gather(sample(), *(load() for _ in range(concurrency)))
+                rate = done / (time.perf_counter() - started)
+            finally:
+                writer.terminate()
+                await writer.wait()
+                await store.close()
             report.add("sustained load during the lag run (reserve + confirm)", rate, "orders/s")
             report.add("writer lag p50", percentile(lags, 50) * 1000, "ms")
             report.add(

@@ -193,7 +193,9 @@ def status() -> None:
             readiness = await engine.readiness()
             positions = await stream_positions(engine)
             marks = await store.watermarks()
-            table = Table("partition", "ready", "stream end", "committed", "length", "pending")
+            table = Table(
+                "partition", "ready", "stream end", "committed", "lag (s)", "length", "pending"
+            )
             for p in range(engine.keys.partitions):
                 stream = engine.keys.stream(p)
                 length = await engine.client.xlen(stream)
@@ -202,11 +204,13 @@ def status() -> None:
                     summary = await engine.client.xpending(stream, settings.writer_group)
                     pending = int(summary["pending"])
                 end, mark = positions.get(p, (0, 0)), marks.get(p)
+                lag_s = max(0, end[0] - (mark or (0, 0))[0]) / 1000 if end > (mark or (0, 0)) else 0
                 table.add_row(
                     str(p),
                     readiness[p] or "FENCED",
                     f"{end[0]}-{end[1]}",
                     f"{mark[0]}-{mark[1]}" if mark else "-",
+                    f"{lag_s:.3f}",
                     str(length),
                     str(pending),
                 )

@@ -258,14 +258,9 @@ def _zset_parts(members: list[tuple[int, str]]) -> list[list[tuple[int, str]]]:
 
 
 async def write_state(
-    engine: RedisEngine,
-    state: State,
-    *,
-    retention_ms: int,
-    progress: Progress | None = None,
+    engine: RedisEngine, content: _Content, *, progress: Progress | None = None
 ) -> None:
-    """Write ``state`` into an empty namespace with the ``load`` script, 500 keys a call."""
-    content = _content(engine.keys, state, retention_ms)
+    """Write ``content`` into an empty namespace with the ``load`` script, 500 keys a call."""
     calls: list[tuple[list[str], list[str]]] = []
     for fields, items in content.hashes.items():
         for chunk in _chunks(items):
@@ -301,12 +296,11 @@ def _sha1(lines: list[str]) -> str:
 
 
 async def verify_state(
-    engine: RedisEngine, state: State, *, retention_ms: int, progress: Progress | None = None
+    engine: RedisEngine, content: _Content, *, progress: Progress | None = None
 ) -> None:
-    """Compare Redis with ``state`` through ``digest`` (SHA-1 per 500 keys); raise
+    """Compare Redis with ``content`` through ``digest`` (SHA-1 per 500 keys); raise
     :class:`VerificationFailed` naming the first keys of any chunk that differs, or when
-    the namespace holds keys ``state`` does not explain."""
-    content = _content(engine.keys, state, retention_ms)
+    the namespace holds keys ``content`` does not explain."""
     checks: list[tuple[list[str], list[str], str]] = []
     for fields, items in content.hashes.items():
         for chunk in _chunks(items):
@@ -387,17 +381,25 @@ async def rehydrate(
     seconds, micros = await client.time()
     now_ms = int(seconds) * 1000 + int(micros) // 1000
     expected = await ledger_state(store, now_ms=now_ms, retention_ms=retention_ms)
-    await write_state(engine, expected, retention_ms=retention_ms, progress=progress)
+    content = _content(keys, expected, retention_ms)
+    counts = (
+        len(expected.records),
+        len(expected.skus),
+        len(expected.reservations),
+        len(expected.deadlines),
+    )
+    del expected  # the content holds everything still needed; halve the peak memory
+    await write_state(engine, content, progress=progress)
     await _position_streams(client, keys, store, group)
-    await verify_state(engine, expected, retention_ms=retention_ms, progress=progress)
+    await verify_state(engine, content, progress=progress)
     run_id = str((await client.info("server"))["run_id"])
     epoch = await store.new_epoch(run_id, "rehydrate")
     await engine.mark_ready(epoch)
     return RehydrateReport(
-        records=len(expected.records),
-        skus=len(expected.skus),
-        reservations=len(expected.reservations),
-        pending=len(expected.deadlines),
+        records=counts[0],
+        skus=counts[1],
+        reservations=counts[2],
+        pending=counts[3],
         drained=drained,
         epoch=epoch,
         run_id=run_id,
