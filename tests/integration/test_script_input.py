@@ -94,6 +94,8 @@ BASE: dict[str, Callable[[World], tuple[list[str], list[str]]]] = {
         ["0", "86400000", "100"]),
     "mark_ready": lambda w: (w.k.all_ready(), ["0", "0"]),
     "repair": lambda w: (w.record(), ["0", w.a, w.w1, "4", "20", "2", "2", "0", "4", "t"]),
+    "load": lambda w: ([w.k.prefix(0) + "scratch"], ["0", "hash", "1", "f", "v"]),
+    "digest": lambda w: ([w.k.stock(w.a, w.w1)], ["0", "hash", "2", "on", "he"]),
 }  # fmt: skip
 
 # script -> {ARGV index: kind}; kinds are ("int", lo, hi), "id", "opt_id", "text", "flag", "fp".
@@ -120,6 +122,8 @@ SLOTS: dict[str, dict[int, Kind]] = {
     "mark_ready": {2: STOCK},
     "repair": {2: "id", 3: "id", 4: STOCK, 5: STOCK, 6: STOCK, 7: STOCK, 8: STOCK,
                9: ("int", 0, MAX_STOCK - 1), 10: "text"},
+    "load": {3: ("int", 1, 64)},
+    "digest": {3: ("int", 1, 64)},
 }  # fmt: skip
 
 
