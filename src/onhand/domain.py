@@ -35,6 +35,7 @@ __all__ = [
     "MAX_STOCK",
     "MAX_TEXT",
     "MAX_TTL_MS",
+    "STATUS_RANK",
     "Allocation",
     "Line",
     "Reservation",
@@ -70,6 +71,17 @@ class ReservationStatus(enum.StrEnum):
     FULFILLED = "fulfilled"
     CANCELLED = "cancelled"
 
+
+STATUS_RANK: dict[ReservationStatus, int] = {
+    # How far along its lifecycle a status is: a projection only ever moves a
+    # reservation to a higher rank, whatever order partitions' events arrive in.
+    ReservationStatus.PENDING: 0,
+    ReservationStatus.CONFIRMED: 1,
+    ReservationStatus.RELEASED: 2,
+    ReservationStatus.EXPIRED: 2,
+    ReservationStatus.FULFILLED: 2,
+    ReservationStatus.CANCELLED: 2,
+}
 
 ADJUST_REASONS: dict[str, int] = {
     # reason -> required sign of the delta (0: either)

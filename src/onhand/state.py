@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import astuple, dataclass, field, fields, replace
 
-from onhand.domain import Allocation, ReservationStatus, SkuPolicy
+from onhand.domain import STATUS_RANK, Allocation, ReservationStatus, SkuPolicy
 from onhand.events import Event, EventType
 
 __all__ = [
@@ -36,15 +36,6 @@ _TERMINAL_OR_CONFIRMED = {
     EventType.EXPIRED: ReservationStatus.EXPIRED,
     EventType.FULFILLED: ReservationStatus.FULFILLED,
     EventType.CANCELLED: ReservationStatus.CANCELLED,
-}
-_RANK = {
-    # A status only moves forward, whatever order two partitions' streams are read in.
-    ReservationStatus.PENDING: 0,
-    ReservationStatus.CONFIRMED: 1,
-    ReservationStatus.RELEASED: 2,
-    ReservationStatus.EXPIRED: 2,
-    ReservationStatus.FULFILLED: 2,
-    ReservationStatus.CANCELLED: 2,
 }
 _RECORD_EVENTS = {
     EventType.RECEIVED,
@@ -194,7 +185,7 @@ class State:
 
     def _resolve(self, rid: str, status: ReservationStatus, at_ms: int) -> None:
         current = self.reservations[rid]
-        if _RANK[status] > _RANK[current.status]:
+        if STATUS_RANK[status] > STATUS_RANK[current.status]:  # statuses only move forward
             self.reservations[rid] = replace(current, status=status, updated_ms=at_ms)
         self.deadlines.pop(rid, None)
         for alloc in current.allocations:

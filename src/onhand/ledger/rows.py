@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from onhand.domain import Reservation, ReservationStatus
+from onhand.domain import STATUS_RANK, Reservation, ReservationStatus
 from onhand.events import Event, EventType
 
 __all__ = [
     "MOVEMENT_COLUMNS",
-    "STATUS_RANK",
     "Batch",
     "add_reservation",
     "build_batch",
@@ -54,14 +53,6 @@ MOVEMENT_COLUMNS = (
     "policy",
 )
 
-STATUS_RANK = {
-    ReservationStatus.PENDING: 0,
-    ReservationStatus.CONFIRMED: 1,
-    ReservationStatus.RELEASED: 2,
-    ReservationStatus.EXPIRED: 2,
-    ReservationStatus.FULFILLED: 2,
-    ReservationStatus.CANCELLED: 2,
-}
 _RESOLUTIONS = {
     EventType.CONFIRMED: ReservationStatus.CONFIRMED,
     EventType.RELEASED: ReservationStatus.RELEASED,

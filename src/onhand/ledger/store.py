@@ -18,8 +18,8 @@ from typing import Any
 
 import asyncpg
 
-from onhand.domain import ReservationStatus
-from onhand.ledger.rows import MOVEMENT_COLUMNS, STATUS_RANK, Batch
+from onhand.domain import STATUS_RANK, ReservationStatus
+from onhand.ledger.rows import MOVEMENT_COLUMNS, Batch
 
 __all__ = ["ApplyResult", "LedgerStore"]
 
