@@ -17,6 +17,7 @@ Order of work (each step is safe to repeat if the process dies):
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
@@ -182,6 +183,8 @@ def _header(keys: Keys, rid: str, r: ReservationState) -> dict[str, str]:
 
 CHUNK = 500
 """Keys per ``load`` / ``digest`` script call."""
+IN_FLIGHT = 8
+"""Script calls sent at once, so Python prepares the next while Redis runs one."""
 RECORD_FIELDS = ("on", "he", "co", "ss", "v", "low")
 SKU_FIELDS = ("bo", "po", "prel", "rp", "rq", "lt", "mlq", "pv", "bey")
 HEADER_FIELDS = ("id", "st", "fp", "own", "cr", "dl", "cap", "nx", "up", "al", "dk")
@@ -280,10 +283,11 @@ async def write_state(
             for score, member in part:
                 args += [str(score), member]
             calls.append(([key], args))
-    for n, (call_keys, args) in enumerate(calls, 1):
-        await engine.run_script("load", call_keys, args)
-        if progress is not None and (n % 20 == 0 or n == len(calls)):
-            progress("write", n, len(calls))
+    for start in range(0, len(calls), IN_FLIGHT):
+        window = calls[start : start + IN_FLIGHT]
+        await asyncio.gather(*(engine.run_script("load", k, a) for k, a in window))
+        if progress is not None:
+            progress("write", start + len(window), len(calls))
     for chunk in _chunks(content.expire_at):
         async with engine.client.pipeline(transaction=False) as pipe:
             for key, at in chunk:
@@ -314,14 +318,16 @@ async def verify_state(
     for chunk in _chunks(content.zsets):
         lines = ["|".join(f"{m}={s}" for s, m in members) for _, members in chunk]
         checks.append(([k for k, _ in chunk], ["zset"], _sha1(lines)))
-    for n, (call_keys, args, expected) in enumerate(checks, 1):
-        [got] = await engine.run_script("digest", call_keys, args)
-        if got != expected:
-            raise VerificationFailed(
-                f"Redis differs from the ledger after rehydrate, among keys {call_keys[:3]}…"
-            )
-        if progress is not None and (n % 20 == 0 or n == len(checks)):
-            progress("verify", n, len(checks))
+    for start in range(0, len(checks), IN_FLIGHT):
+        window = checks[start : start + IN_FLIGHT]
+        digests = await asyncio.gather(*(engine.run_script("digest", k, a) for k, a, _ in window))
+        for (call_keys, _, expected), [got] in zip(window, digests, strict=True):
+            if got != expected:
+                raise VerificationFailed(
+                    f"Redis differs from the ledger after rehydrate, among keys {call_keys[:3]}…"
+                )
+        if progress is not None:
+            progress("verify", start + len(window), len(checks))
     expected_keys = sum(len(v) for v in content.hashes.values()) + len(content.sets)
     expected_keys += len(content.zsets)
     present = 0
