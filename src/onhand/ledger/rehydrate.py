@@ -318,27 +318,39 @@ async def verify_state(
     for chunk in _chunks(content.zsets):
         lines = ["|".join(f"{m}={s}" for s, m in members) for _, members in chunk]
         checks.append(([k for k, _ in chunk], ["zset"], _sha1(lines)))
-    for start in range(0, len(checks), IN_FLIGHT):
-        window = checks[start : start + IN_FLIGHT]
-        digests = await asyncio.gather(*(engine.run_script("digest", k, a) for k, a, _ in window))
-        for (call_keys, _, expected), [got] in zip(window, digests, strict=True):
-            if got != expected:
-                raise VerificationFailed(
-                    f"Redis differs from the ledger after rehydrate, among keys {call_keys[:3]}…"
-                )
-        if progress is not None:
-            progress("verify", start + len(window), len(checks))
+    counting = asyncio.create_task(_count_keys(engine))  # overlaps the digests
+    try:
+        for start in range(0, len(checks), IN_FLIGHT):
+            window = checks[start : start + IN_FLIGHT]
+            digests = await asyncio.gather(
+                *(engine.run_script("digest", k, a) for k, a, _ in window)
+            )
+            for (call_keys, _, expected), [got] in zip(window, digests, strict=True):
+                if got != expected:
+                    raise VerificationFailed(
+                        f"Redis differs from the ledger after rehydrate, among keys "
+                        f"{call_keys[:3]}…"
+                    )
+            if progress is not None:
+                progress("verify", start + len(window), len(checks))
+    finally:
+        present = await counting
     expected_keys = sum(len(v) for v in content.hashes.values()) + len(content.sets)
     expected_keys += len(content.zsets)
-    present = 0
-    async for raw in engine.client.scan_iter(match=engine.keys.pattern(), count=5000):
-        key = raw.decode() if isinstance(raw, bytes) else raw
-        if not key.endswith((":ready", ":events")):
-            present += 1
     if present != expected_keys:
         raise VerificationFailed(
             f"Redis holds {present} keys after rehydrate, the ledger explains {expected_keys}"
         )
+
+
+async def _count_keys(engine: RedisEngine) -> int:
+    """Keys of the namespace other than ready markers and streams."""
+    present = 0
+    async for raw in engine.client.scan_iter(match=engine.keys.pattern(), count=10_000):
+        key = raw if isinstance(raw, bytes) else raw.encode()
+        if not key.endswith((b":ready", b":events")):
+            present += 1
+    return present
 
 
 async def _position_streams(client: Redis, keys: Keys, store: LedgerStore, group: str) -> None:
