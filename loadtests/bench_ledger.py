@@ -228,18 +228,26 @@ async def bench_lag(report: Report, seconds: float, concurrency: int) -> None:
 
 
 async def _lag_seconds(client: redis.asyncio.Redis, store: LedgerStore, keys: Keys) -> float:
+    """Now (Redis clock) minus the oldest entry above the committed watermark.
+
+    One Postgres read, then one Redis pipeline (every partition and the clock), so the
+    load sharing this event loop cannot stretch the measurement itself.
+    """
     marks = await store.watermarks()
+    async with client.pipeline(transaction=False) as pipe:
+        for p in range(keys.partitions):
+            mark = marks.get(p, (0, 0))
+            pipe.xrange(keys.stream(p), f"({mark[0]}-{mark[1]}", "+", count=1)
+        pipe.time()
+        *firsts, (seconds, micros) = await pipe.execute()
     oldest = None
-    for p in range(keys.partitions):
-        mark = marks.get(p, (0, 0))
-        first: Any = await client.xrange(keys.stream(p), f"({mark[0]}-{mark[1]}", "+", count=1)
+    for first in firsts:
         if first:
             ms = parse_stream_id(first[0][0].decode())[0]
             oldest = ms if oldest is None else min(oldest, ms)
     if oldest is None:
         return 0.0
-    seconds, micros = await client.time()
-    return max(0.0, (seconds * 1000 + micros // 1000 - oldest) / 1000)
+    return max(0.0, (int(seconds) * 1000 + int(micros) // 1000 - oldest) / 1000)
 
 
 async def bench_rehydrate(report: Report, records: int, holds: int) -> None:
