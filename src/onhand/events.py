@@ -44,6 +44,8 @@ class EventType(enum.StrEnum):
     RECONCILED = "reconciled"
 
 
+_TYPES = {t.value: t for t in EventType}
+
 # attribute name -> stream field name
 FIELDS: dict[str, str] = {
     "event_id": "id",
@@ -151,7 +153,7 @@ class Event:
                 continue
             text = value.decode() if isinstance(value, bytes) else value
             values[attr] = int(text) if attr in _INT_ATTRS else text
-        values["type"] = EventType(str(values["type"]))
+        values["type"] = _TYPES[str(values["type"])]  # KeyError: not an onhand event type
         return cls(**values)  # type: ignore[arg-type]
 
     def to_fields(self) -> dict[str, str]:
