@@ -43,8 +43,8 @@ lint: venv ## ruff check + ruff format --check.
 	$(BIN)/ruff check $(CODE_DIRS)
 	$(BIN)/ruff format --check $(CODE_DIRS)
 
-typecheck: venv ## mypy (strict, configured in pyproject.toml) on src and tests.
-	$(BIN)/mypy src tests
+typecheck: venv ## mypy (strict on src, configured in pyproject.toml) on src, tests and loadtests.
+	$(BIN)/mypy src tests loadtests
 
 test: venv lint typecheck ## Lint, type checks and the whole test suite against real Redis.
 	$(BIN)/pytest
