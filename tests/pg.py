@@ -47,13 +47,13 @@ import tempfile
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg  # type: ignore[import-untyped, unused-ignore]
 
 from onhand.ledger.migrate import asyncpg_dsn
+from tests.local_server import DEFAULT_HOST, LocalServer, free_port
 
 __all__ = [
     "DEFAULT_POSTGRES_URL",
@@ -81,7 +81,6 @@ ENV_MODE = "ONHAND_TEST_POSTGRES"
 ENV_BINDIR = "ONHAND_TEST_POSTGRES_BINDIR"
 """Environment variable: directory holding ``initdb`` and ``postgres`` for private servers."""
 
-DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5432
 DEFAULT_USER = "postgres"
 DEFAULT_POSTGRES_URL = f"postgresql://{DEFAULT_USER}@{DEFAULT_HOST}:{DEFAULT_PORT}/postgres"
@@ -216,18 +215,10 @@ def find_postgres_bindir() -> Path:
     )
 
 
-def _free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((DEFAULT_HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 # -- a private server ----------------------------------------------------------
 
 
-class PostgresServer:
+class PostgresServer(LocalServer):
     """One private PostgreSQL server process, for tests.
 
     ``initdb`` (trust authentication, superuser ``postgres``, UTF8, locale C) runs at
@@ -244,6 +235,8 @@ class PostgresServer:
     Use it as a context manager (start on enter; stop and delete the directory on
     exit) or call :meth:`start` and :meth:`close` yourself.
     """
+
+    error = PostgresServerError
 
     def __init__(
         self,
@@ -266,24 +259,9 @@ class PostgresServer:
                     "to run it as: create one (useradd --system postgres) or run the tests "
                     "as another user"
                 ) from None
-        self._port: int | None = None
-        self._dir: Path | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log_offset = 0
+        super().__init__()
 
     # -- addresses -----------------------------------------------------------
-
-    @property
-    def host(self) -> str:
-        """The loopback address the server listens on."""
-        return DEFAULT_HOST
-
-    @property
-    def port(self) -> int:
-        """The TCP port; fixed by the first :meth:`start`."""
-        if self._port is None:
-            raise PostgresServerError("server was never started: no port yet")
-        return self._port
 
     @property
     def admin_url(self) -> str:
@@ -291,31 +269,9 @@ class PostgresServer:
         return f"postgresql://{DEFAULT_USER}@{self.host}:{self.port}/postgres"
 
     @property
-    def dir(self) -> Path:
-        """The temporary directory: ``data/``, ``server.log`` and the Unix socket."""
-        if self._dir is None:
-            raise PostgresServerError("server was never started: no directory yet")
-        return self._dir
-
-    @property
     def data_dir(self) -> Path:
         """The cluster's data directory (PGDATA)."""
         return self.dir / "data"
-
-    @property
-    def log_path(self) -> Path:
-        """The file that receives the server's stdout and stderr."""
-        return self.dir / "server.log"
-
-    @property
-    def running(self) -> bool:
-        """True iff the postmaster process exists and has not exited."""
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        """The postmaster's process id while running, else None."""
-        return self._proc.pid if self._proc is not None and self.running else None
 
     # -- life cycle ----------------------------------------------------------
 
@@ -338,7 +294,7 @@ class PostgresServer:
             self._spawn_and_wait()
             return
         for attempt in range(3):
-            self._port = _free_port()
+            self._port = free_port()
             try:
                 self._spawn_and_wait()
                 return
@@ -356,34 +312,6 @@ class PostgresServer:
     def kill(self) -> None:
         """Immediate shutdown (SIGQUIT: no checkpoint, crash recovery at the next start)."""
         self._signal_and_reap(signal.SIGQUIT, 30.0)
-
-    def restart(self) -> None:
-        """Stop the server if it runs, then start it on the same port and data directory."""
-        self.stop()
-        self.start()
-
-    def close(self) -> None:
-        """Stop the server and delete its directory. Safe to call more than once."""
-        self.stop()
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
@@ -487,29 +415,6 @@ class PostgresServer:
             return int(first)
         except (OSError, ValueError):
             return None
-
-    def _signal_and_reap(self, signum: int, timeout: float) -> None:
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signum)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self._proc = None
-
-    def _log_tail(self, lines: int = 20) -> str:
-        """The last ``lines`` lines the server wrote since its latest start."""
-        try:
-            with open(self.log_path, "rb") as log:
-                log.seek(self._log_offset)
-                text = log.read().decode(errors="replace")
-        except OSError:
-            return "(no server log)"
-        return "\n".join(text.splitlines()[-lines:])
 
 
 # -- throwaway databases -------------------------------------------------------

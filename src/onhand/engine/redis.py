@@ -413,7 +413,8 @@ class RedisEngine(StockEngine):
         raise OnhandError(f"{name}: unexpected reply {code}", at_ms=at)
 
     async def confirm(self, reservation_id: str, *, actor: str = "") -> Reservation:
-        return (await self.confirm_with_events(reservation_id, actor=actor)).reservation
+        # The reply also carries the appended events; plain confirm does not parse them.
+        return await self._transition("confirm", reservation_id, "confirm", [], actor)
 
     async def confirm_with_events(self, reservation_id: str, *, actor: str = "") -> Confirmation:
         """:meth:`confirm`, also returning what the ledger needs to record it at once:
