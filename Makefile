@@ -56,9 +56,8 @@ format: venv ## Rewrite code: ruff format + ruff check --fix.
 	$(BIN)/ruff format $(CODE_DIRS)
 	$(BIN)/ruff check --fix $(CODE_DIRS)
 
-run: ## Run the service (delivered by a later issue).
-	@echo "onhand serve is not implemented yet" >&2
-	@exit 1
+run: venv ## Run API + writer + reaper (embedded Redis/Postgres unless ONHAND_*_URL are set).
+	$(BIN)/onhand up
 
 clean: ## Remove caches and build artifacts (keeps .venv).
 	rm -rf build dist .mypy_cache .ruff_cache .pytest_cache .hypothesis .coverage htmlcov

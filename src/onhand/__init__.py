@@ -3,6 +3,8 @@
 Importing this package opens nothing and reads no settings.
 """
 
+from importlib.metadata import PackageNotFoundError, version
+
 from onhand.domain import (
     Allocation,
     Line,
@@ -50,3 +52,8 @@ __all__ = [
     "StockLimitExceeded",
     "VersionConflict",
 ]
+
+try:
+    __version__ = version("onhand")
+except PackageNotFoundError:  # pragma: no cover - running from a bare source tree
+    __version__ = "0.0.0"

@@ -21,9 +21,10 @@ from rich.table import Table
 
 from onhand.ledger.fencing import Verdict, stream_positions, verify_and_reopen
 from onhand.ledger.metrics import WriterMetrics
-from onhand.ledger.migrate import upgrade
+from onhand.ledger.migrate import asyncpg_dsn, upgrade
 from onhand.ledger.reconcile import fix, reconcile
 from onhand.ledger.rehydrate import RedisNotEmpty, rehydrate
+from onhand.ledger.store import LedgerStore
 from onhand.ledger.writer import StreamWriter
 from onhand.reaper import Reaper
 from onhand.runtime import open_stack
@@ -235,6 +236,141 @@ def reopen() -> None:
             verdict = await verify_and_reopen(stack.engine, stack.ledger())
             console.print(f"redis: {verdict}")
             return 1 if verdict is Verdict.NEEDS_REHYDRATE else 0
+
+    _run(main())
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (ONHAND_API_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (ONHAND_API_PORT).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
+) -> None:
+    """Serve the HTTP API with uvicorn (uvloop + httptools)."""
+    import uvicorn
+
+    settings = Settings()
+    settings.require_redis_url(), settings.require_database_url()
+    uvicorn.run(
+        "onhand.api.asgi:app_from_env",
+        factory=True,
+        host=host or settings.api_host,
+        port=settings.api_port if port is None else port,
+        workers=workers or settings.api_workers,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        server_header=False,
+    )
+
+
+@app.command()
+def up() -> None:
+    """Run everything: API + writer + reaper, on embedded Redis/Postgres unless URLs are set."""
+    from onhand.up import data_dir_of, run_all
+
+    settings = Settings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    code = run_all(settings, data_dir=data_dir_of(settings), console=console)
+    if code:
+        raise typer.Exit(code)
+
+
+keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+def keys_create(
+    client_id: Annotated[str, typer.Option(help="Client the key acts for ([A-Za-z0-9_-]{1,16}).")],
+    scope: Annotated[
+        list[str],
+        typer.Option(
+            help="Scope (repeat): availability:read, reservations:write, stock:write, admin."
+        ),
+    ],
+    name: Annotated[str, typer.Option(help="A label.")] = "",
+) -> None:
+    """Create a key and print it (shown once)."""
+    settings = Settings()
+
+    async def main() -> int:
+        from onhand.api.apikeys import KeyStore
+
+        store = await LedgerStore.open(asyncpg_dsn(settings.require_database_url()))
+        try:
+            new = await KeyStore(store.pool).create(client_id, scope, name=name)
+        finally:
+            await store.close()
+        console.print(f"key {new.key.key_id} for {client_id} ({', '.join(sorted(new.key.scopes))})")
+        print(new.token)
+        return 0
+
+    _run(main())
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List keys (never their secrets)."""
+    settings = Settings()
+
+    async def main() -> int:
+        from onhand.api.apikeys import KeyStore
+
+        store = await LedgerStore.open(asyncpg_dsn(settings.require_database_url()))
+        try:
+            found = await KeyStore(store.pool).list()
+        finally:
+            await store.close()
+        table = Table("key id", "client", "name", "scopes", "created", "revoked")
+        for k in found:
+            table.add_row(
+                k.key_id,
+                k.client_id,
+                k.name,
+                " ".join(sorted(k.scopes)),
+                k.created_at,
+                "yes" if k.revoked else "",
+            )
+        Console().print(table)
+        return 0
+
+    _run(main())
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key id (16 hex digits).")]) -> None:
+    """Revoke a key: refused at once by new processes, within the key cache TTL by others."""
+    settings = Settings()
+
+    async def main() -> int:
+        from onhand.api.apikeys import KeyStore
+
+        store = await LedgerStore.open(asyncpg_dsn(settings.require_database_url()))
+        try:
+            found = await KeyStore(store.pool).revoke(key_id)
+        finally:
+            await store.close()
+        console.print(f"revoked {key_id}" if found else f"[red]no key {key_id}[/red]")
+        return 0 if found else 1
+
+    _run(main())
+
+
+@app.command()
+def seed() -> None:
+    """Seed the demo catalog (warehouses, SKUs with policies and stock) once."""
+    settings = Settings()
+
+    async def main() -> int:
+        from onhand.catalog import WarehouseCatalog
+        from onhand.seed import seed_demo
+
+        async with open_stack(settings) as stack:
+            catalog = WarehouseCatalog(stack.engine.client, stack.engine.keys, stack.ledger().pool)
+            seeded = await seed_demo(stack.engine, catalog)
+        console.print("seeded the demo catalog" if seeded else "warehouses exist; not seeding")
+        return 0
 
     _run(main())
 

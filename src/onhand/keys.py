@@ -10,12 +10,18 @@ Layout (``ns`` is the namespace, ``p`` the partition number)::
     ns:{pR}:res:<id>           hash    reservation header (status, allocations, ...)
     ns:{pR}:deadlines          zset    reservation header key -> deadline_ms (pending)
     ns:{pN}:ready              string  '<epoch>:<run_id>': the partition is open (fencing)
+    ns:catalog:warehouses      hash    warehouse id -> JSON (the API's warehouse catalog)
+    ns:catalog:version         string  bumped on every catalog change
+    ns:client:<c>:holds        zset    reservation id -> deadline_ms (anti-hoarding, API)
+    ns:idem:<c>:<sha256>       string  one Idempotency-Key record of client <c> (API)
 
 A SKU's keys live in partition ``crc32(sku) % partitions``; a reservation header and
 its deadline entry live in ``crc32(reservation_id) % partitions``. The hash tag
 ``{pN}`` comes first, so it alone decides the cluster slot: every key of one
 partition shares a slot, and no id can move a key (ids are allow-listed and contain
-neither braces nor colons, so distinct ids always give distinct keys). Scripts never
+neither braces nor colons, so distinct ids always give distinct keys). The API's
+catalog, admission and idempotency keys are outside the partitions (each is used on
+its own, by one command or a one-key script). Scripts never
 compose key names: they get them in KEYS or read them from data written from here.
 """
 
@@ -102,6 +108,18 @@ class Keys:
     def all_streams(self) -> list[str]:
         return [self.stream(p) for p in range(self.partitions)]
 
+    def warehouse_catalog(self) -> str:
+        return f"{self.namespace}:catalog:warehouses"
+
+    def catalog_version(self) -> str:
+        return f"{self.namespace}:catalog:version"
+
+    def client_holds(self, client_id: str) -> str:
+        return f"{self.namespace}:client:{client_id}:holds"
+
+    def idempotency(self, client_id: str, key_sha256: str) -> str:
+        return f"{self.namespace}:idem:{client_id}:{key_sha256}"
+
     def pattern(self) -> str:
-        """A SCAN pattern matching every key of this namespace."""
-        return f"{self.namespace}:*"
+        """A SCAN pattern matching every partition key (stock state) of this namespace."""
+        return f"{self.namespace}:{{p*"

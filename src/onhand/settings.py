@@ -43,6 +43,25 @@ class Settings(BaseSettings):
 
     confirm_barrier_timeout_ms: int = Field(default=2_000, ge=1)
 
+    api_host: str = Field(default="127.0.0.1", description="Address `onhand serve` binds.")
+    api_port: int = Field(default=8000, ge=0, le=65535)
+    api_workers: int = Field(default=1, ge=1, le=64)
+    hold_ttl_ms: int = Field(default=600_000, ge=1_000, le=86_400_000)
+    max_body_bytes: int = Field(default=262_144, ge=1_024, le=16_777_216)
+    client_max_line_qty: int = Field(
+        default=10_000, ge=1, le=10**9, description="Anti-hoarding: units per line per client."
+    )
+    client_max_active_holds: int = Field(
+        default=100_000, ge=1, le=10**9, description="Anti-hoarding: live holds per client."
+    )
+    idempotency_ttl_ms: int = Field(default=86_400_000, ge=1_000)
+    idempotency_lock_ms: int = Field(default=60_000, ge=100, le=86_400_000)
+    key_cache_ttl_ms: int = Field(default=5_000, ge=0, le=600_000)
+    ready_max_lag_ms: int = Field(default=10_000, ge=1)
+    data_dir: str = Field(
+        default=".onhand", description="Where embedded servers keep their data (dev only)."
+    )
+
     def require_redis_url(self) -> str:
         if not self.redis_url:
             raise ValueError("ONHAND_REDIS_URL is not set")

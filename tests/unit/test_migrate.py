@@ -72,11 +72,11 @@ def test_the_package_ships_the_migrations() -> None:
     assert MIGRATIONS_DIR.parent == Path(migrate.__file__).resolve().parent
 
 
-def test_one_linear_history_ending_at_0001() -> None:
+def test_one_linear_history_ending_at_the_newest_revision() -> None:
     scripts = ScriptDirectory.from_config(alembic_config())
-    assert scripts.get_heads() == ["0001"]
-    assert head_revision() == "0001"
-    assert [s.revision for s in scripts.walk_revisions()] == ["0001"]
+    assert scripts.get_heads() == ["0002"]
+    assert head_revision() == "0002"
+    assert [s.revision for s in scripts.walk_revisions()] == ["0002", "0001"]
 
 
 def _offline_sql(revision: str, *, downgrade: bool = False) -> str:
@@ -105,7 +105,7 @@ def test_offline_upgrade_renders_every_table_the_triggers_and_the_grants() -> No
 
 
 def test_offline_downgrade_drops_everything_but_the_role() -> None:
-    sql = _offline_sql("0001:base", downgrade=True)
+    sql = _offline_sql("0002:base", downgrade=True)
     for table in metadata.tables:
         assert f"DROP TABLE {table};" in sql, table
     assert "DROP FUNCTION movements_append_only()" in sql

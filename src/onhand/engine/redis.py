@@ -498,6 +498,16 @@ class RedisEngine(StockEngine):
         args = [str(expected_version), *(str(v) for v in levels), str(version_floor), actor]
         return await self._stock_op("repair", sku, warehouse, args)
 
+    async def script(
+        self, name: str, keys: list[str], args: list[str]
+    ) -> tuple[str, int, list[str]]:
+        """Run an API-side script (``admit``, ``idempotency``): (code, server time, payload).
+
+        Errors are translated as for every script (``BADARG`` → ``InvalidInput``, …).
+        """
+        code, at, out, _ = await self._run(name, keys, args, retry=False)
+        return code, at, out
+
     async def run_script(self, name: str, keys: list[str], args: list[str]) -> list[str]:
         """Run a maintenance script (``load``, ``digest``) and return its payload."""
         code, _, out, _ = await self._run(name, keys, args, retry=False)
@@ -609,30 +619,50 @@ class RedisEngine(StockEngine):
         return _level(sku, warehouse, [_text(v) if v is not None else "0" for v in raw])
 
     async def availability(self, sku: str) -> SkuAvailability:
-        check_id("sku", sku)
+        return (await self.availability_many([sku]))[0]
+
+    async def availability_many(self, skus: Sequence[str]) -> list[SkuAvailability]:
+        """:meth:`availability` of many SKUs in two round trips (same guard, same clock)."""
+        for sku in skus:
+            check_id("sku", sku)
+        if not skus:
+            return []
         k = self.keys
+        ready = sorted({k.sku_ready(s) for s in skus})
 
         def reads(pipe: Pipeline) -> None:
-            pipe.hmget(k.sku(sku), ["bo", "po", "prel", "rp", "rq", "lt", "mlq", "bey"])
-            pipe.smembers(k.warehouses(sku))
+            for key in ready[1:]:
+                pipe.get(key)
+            for sku in skus:
+                pipe.hmget(k.sku(sku), ["bo", "po", "prel", "rp", "rq", "lt", "mlq", "bey"])
+                pipe.smembers(k.warehouses(sku))
 
-        now, (policy_raw, members) = await self._read("availability", k.sku_ready(sku), reads)
-        warehouses = sorted(_text(w) for w in members)
+        now, rest = await self._read("availability", ready[0], reads)
+        for marker in rest[: len(ready) - 1]:
+            await self._guard_read(marker, None)
+        rest = rest[len(ready) - 1 :]
+        whs = [sorted(_text(w) for w in rest[2 * i + 1]) for i in range(len(skus))]
         try:
             async with self.client.pipeline(transaction=False) as pipe:
-                for wh in warehouses:
-                    pipe.hmget(k.stock(sku, wh), ["on", "he", "co", "ss", "v", "low"])
-                records = await pipe.execute()
+                for sku, warehouses in zip(skus, whs, strict=True):
+                    for wh in warehouses:
+                        pipe.hmget(k.stock(sku, wh), ["on", "he", "co", "ss", "v", "low"])
+                records = iter(await pipe.execute())
         except RedisError as exc:
             raise EngineUnavailable(f"availability: {exc}") from exc
-        p = [int(_text(v)) if v is not None else None for v in policy_raw]
         defaults = (0, 0, 0, 0, 0, 0, MAX_QTY)
-        policy = SkuPolicy(*(d if v is None else v for v, d in zip(p[:7], defaults, strict=True)))
-        levels = tuple(
-            _level(sku, wh, [_text(v) if v is not None else "0" for v in raw])
-            for wh, raw in zip(warehouses, records, strict=True)
-        )
-        return SkuAvailability(sku, levels, policy, p[7] or 0, now)
+        out = []
+        for i, sku in enumerate(skus):
+            p = [int(_text(v)) if v is not None else None for v in rest[2 * i]]
+            policy = SkuPolicy(
+                *(d if v is None else v for v, d in zip(p[:7], defaults, strict=True))
+            )
+            levels = tuple(
+                _level(sku, wh, [_text(v) if v is not None else "0" for v in next(records)])
+                for wh in whs[i]
+            )
+            out.append(SkuAvailability(sku, levels, policy, p[7] or 0, now))
+        return out
 
     async def state(self) -> State:
         try:

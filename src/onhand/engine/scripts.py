@@ -37,6 +37,8 @@ SCRIPT_NAMES = (
     "repair",
     "load",
     "digest",
+    "admit",
+    "idempotency",
 )
 
 

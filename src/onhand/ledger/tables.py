@@ -28,9 +28,10 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 __all__ = [
+    "api_keys",
     "dead_letters",
     "lost_events",
     "metadata",
@@ -234,4 +235,22 @@ redis_epochs = Table(
     Column("run_id", Text, nullable=False),
     Column("reason", Text, nullable=False),
     Column("started_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("key_id", Text, primary_key=True),
+    Column("client_id", Text, nullable=False, index=True),
+    Column("name", Text, nullable=False, server_default=""),
+    Column("secret_sha256", Text, nullable=False),
+    Column("scopes", ARRAY(Text), nullable=False),
+    Column("max_line_qty", BigInteger),
+    Column("max_active_holds", Integer),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("revoked_at", DateTime(timezone=True)),
+    CheckConstraint(
+        "scopes <@ ARRAY['availability:read','reservations:write','stock:write','admin']",
+        name="scopes",
+    ),
 )

@@ -1,0 +1,22 @@
+# The onhand image: every `onhand` command (docker-compose.yml picks one per service).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# Only what the wheel is built from (pyproject.toml: src/onhand plus lua/, README as readme).
+WORKDIR /build
+COPY pyproject.toml README.md ./
+COPY lua/ lua/
+COPY src/ src/
+RUN pip install . \
+    && rm -rf /build \
+    && useradd --system --uid 10001 --user-group --home-dir /app --create-home \
+        --shell /usr/sbin/nologin onhand
+
+WORKDIR /app
+USER 10001:10001
+EXPOSE 8000
+CMD ["onhand", "--help"]

@@ -1,0 +1,266 @@
+"""The HTTP API's composition root: ``create_app(settings)``.
+
+Nothing is created at import. The lifespan opens Redis and Postgres, builds
+:class:`~onhand.api.services.Services`, publishes the warehouse catalog to Redis if
+Redis lacks it, starts the observer task, and closes everything on shutdown. Every
+error leaves as RFC 9457 problem+json; request bodies above ``max_body_bytes`` are
+refused with 413 before they are read in full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import HTMLResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from onhand import __version__
+from onhand.api.apikeys import KeyStore
+from onhand.api.idempotency import Idempotency
+from onhand.api.metrics import ApiMetrics
+from onhand.api.observer import observe
+from onhand.api.problems import Problem, from_engine_error, problem_response
+from onhand.api.routes import admin, availability, catalog, ledger, ops, reservations, stock
+from onhand.api.services import Services
+from onhand.catalog import WarehouseCatalog
+from onhand.engine.redis import RedisEngine, connect
+from onhand.errors import OnhandError
+from onhand.ledger.barrier import DurableConfirms
+from onhand.ledger.migrate import asyncpg_dsn
+from onhand.ledger.store import LedgerStore
+from onhand.settings import Settings
+
+__all__ = ["create_app"]
+
+DESCRIPTION = """Hold stock for orders at checkout speed; read availability; receive,
+adjust, count and transfer stock; browse the ledger. Authenticate with
+`Authorization: Bearer <api key>`. Every POST takes an `Idempotency-Key` (records kept
+24 h). Errors are RFC 9457 `application/problem+json`."""
+
+
+class BodyLimit:
+    """Pure ASGI middleware: 413 problem for bodies above ``limit`` bytes (declared or
+    streamed), before the application reads them."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length" and (not value.isdigit() or int(value) > self.limit):
+                await self._reject(scope, receive, send)
+                return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise Problem(
+                        413,
+                        "body-too-large",
+                        "Request body too large",
+                        f"at most {self.limit} bytes",
+                    )
+            return message
+
+        await self.app(scope, limited, send)
+
+    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+        problem = Problem(
+            413, "body-too-large", "Request body too large", f"at most {self.limit} bytes"
+        )
+        await problem_response(problem, None, path=scope["path"])(scope, receive, send)
+
+
+def _validation_problem(exc: RequestValidationError) -> Problem:
+    errors = list(exc.errors())
+    for e in errors:
+        loc = tuple(e.get("loc", ()))
+        if loc[:1] == ("header",) and str(loc[-1]).lower() == "idempotency-key":
+            if e.get("type") == "missing":
+                return Problem(
+                    400,
+                    "idempotency-key-missing",
+                    "Idempotency-Key header required",
+                    "every POST needs an Idempotency-Key (e.g. a UUID)",
+                )
+            return Problem(
+                400,
+                "idempotency-key-malformed",
+                "Malformed Idempotency-Key",
+                "1..255 printable ASCII characters",
+            )
+        if e.get("type") == "json_invalid":
+            return Problem(400, "malformed-json", "Malformed JSON", "the body is not valid JSON")
+    detail = [
+        {"field": ".".join(str(p) for p in e.get("loc", ())), "message": e.get("msg", "")}
+        for e in errors[:50]
+    ]
+    return Problem(
+        422,
+        "invalid-input",
+        "Invalid input",
+        "; ".join(f"{d['field']}: {d['message']}" for d in detail[:5]),
+        {"errors": detail},
+    )
+
+
+def _install_errors(app: FastAPI) -> None:
+    async def on_problem(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, Problem)
+        return problem_response(exc, request)
+
+    async def on_engine(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, OnhandError)
+        return problem_response(from_engine_error(exc), request)
+
+    async def on_validation(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        return problem_response(_validation_problem(exc), request)
+
+    async def on_http(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
+        problem = Problem(exc.status_code, slug, str(exc.detail), headers=dict(exc.headers or {}))
+        return problem_response(problem, request)
+
+    async def on_crash(request: Request, exc: Exception) -> Response:
+        return problem_response(Problem(500, "internal", "Internal error"), request)
+
+    app.add_exception_handler(Problem, on_problem)
+    app.add_exception_handler(OnhandError, on_engine)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(Exception, on_crash)
+
+
+async def open_services(settings: Settings) -> Services:
+    client = connect(settings.require_redis_url(), max_connections=256)
+    engine = RedisEngine(
+        client,
+        namespace=settings.namespace,
+        partitions=settings.partitions,
+        max_hold_lifetime_ms=settings.max_hold_lifetime_ms,
+        retention_ms=settings.retention_ms,
+    )
+    try:
+        store = await LedgerStore.open(
+            asyncpg_dsn(settings.require_database_url()), min_size=1, max_size=8
+        )
+    except BaseException:
+        await client.aclose()
+        raise
+    services = Services(
+        settings=settings,
+        engine=engine,
+        store=store,
+        confirms=DurableConfirms(engine, store, timeout_ms=settings.confirm_barrier_timeout_ms),
+        api_keys=KeyStore(store.pool, cache_ttl_s=settings.key_cache_ttl_ms / 1000),
+        idempotency=Idempotency(
+            engine, ttl_ms=settings.idempotency_ttl_ms, lock_ms=settings.idempotency_lock_ms
+        ),
+        catalog=WarehouseCatalog(client, engine.keys, store.pool),
+        metrics=ApiMetrics(),
+    )
+    return services
+
+
+async def close_services(services: Services) -> None:
+    await services.store.close()
+    await services.engine.client.aclose()
+
+
+def _docs(app: FastAPI) -> None:
+    """Swagger UI from the swagger-ui-bundle wheel: no CDN."""
+    swagger_ui_path = importlib.import_module("swagger_ui_bundle").swagger_ui_path
+
+    app.mount("/docs/static", StaticFiles(directory=str(swagger_ui_path)), name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="onhand API",
+            swagger_js_url="/docs/static/swagger-ui-bundle.js",
+            swagger_css_url="/docs/static/swagger-ui.css",
+            swagger_favicon_url="/docs/static/favicon-32x32.png",
+        )
+
+
+def create_app(settings: Settings, *, services: Services | None = None) -> FastAPI:
+    """Build the API. ``services`` (tests) replaces what the lifespan would open."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        own = services is None
+        svc = await open_services(settings) if services is None else services
+        app.state.services = svc
+        app.state.writer_lag_ms = None
+        try:
+            await svc.catalog.refresh(force=True)
+            if not svc.catalog.all():
+                await svc.catalog.publish_all()
+        except Exception:
+            if own:
+                await close_services(svc)
+            raise
+        task = asyncio.create_task(observe(svc, app.state))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            if own:
+                await close_services(svc)
+
+    app = FastAPI(
+        title="onhand",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    _install_errors(app)
+    for module in (reservations, availability, stock, catalog, ledger, admin, ops):
+        app.include_router(module.router)
+    _docs(app)
+    _install_metrics(app)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    return app
+
+
+def _install_metrics(app: FastAPI) -> None:
+    @app.middleware("http")
+    async def timing(request: Request, call_next: Any) -> Response:
+        started = time.perf_counter()
+        response: Response = await call_next(request)
+        route = request.scope.get("route")
+        template = getattr(route, "path", "unmatched")
+        svc = getattr(request.app.state, "services", None)
+        if svc is not None:
+            svc.metrics.latency.labels(template, request.method).observe(
+                time.perf_counter() - started
+            )
+            svc.metrics.requests.labels(
+                template, request.method, f"{response.status_code // 100}xx"
+            ).inc()
+        return response

@@ -1,0 +1,58 @@
+"""Prometheus metrics of the API process (one registry per app, no globals).
+
+Request metrics (count and latency by route template, method and status class) and
+domain metrics: reservations by outcome, confirm latency, holds expired (from the
+ledger), writer lag (entries and seconds, sampled by a background task) and
+``onhand_oversell_total``, which counts every observation of a SKU promised beyond
+its stock and allowance — it must stay 0.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["ApiMetrics"]
+
+
+class ApiMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "onhand_http_requests", "HTTP requests.", ["route", "method", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "onhand_http_request_seconds",
+            "HTTP request latency.",
+            ["route", "method"],
+            registry=r,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+        )
+        self.reservations = Counter(
+            "onhand_reservations", "Reservation requests by outcome.", ["outcome"], registry=r
+        )
+        self.confirm_seconds = Histogram(
+            "onhand_confirm_seconds",
+            "Confirm latency including the ledger write-through.",
+            registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 2.5),
+        )
+        self.expired = Gauge(
+            "onhand_expired_holds", "Holds expired so far (ledger count).", registry=r
+        )
+        self.writer_lag_entries = Gauge(
+            "onhand_writer_lag_entries_total",
+            "Stream entries not yet delivered to the ledger writer (all partitions).",
+            registry=r,
+        )
+        self.writer_lag_seconds = Gauge(
+            "onhand_writer_lag_seconds",
+            "Age of the oldest event not yet committed to the ledger (max over partitions).",
+            registry=r,
+        )
+        self.oversell = Counter(
+            "onhand_oversell",
+            "Observations of a SKU promised beyond stock plus allowance. Must stay 0.",
+            registry=r,
+        )
+        self.oversell.inc(0)

@@ -1,0 +1,122 @@
+"""Availability for product pages: one SKU or up to 500, from Redis only.
+
+``ETag`` is a hash of the answer without its clock reading, so ``If-None-Match``
+answers 304 while nothing a page shows has changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Annotated
+
+import orjson
+from fastapi import APIRouter, Depends, Path, Query, Request
+from starlette.responses import Response
+
+from onhand.api.apikeys import ApiKey
+from onhand.api.metrics import ApiMetrics
+from onhand.api.problems import Problem
+from onhand.api.schemas import ID, MAX_BULK, Availability, AvailabilityList
+from onhand.api.services import RequireScope, get_services
+from onhand.domain import SkuAvailability
+
+router = APIRouter(prefix="/v1", tags=["availability"])
+Reader = Annotated[ApiKey, Depends(RequireScope("availability:read"))]
+_DAY_MS = 86_400_000
+_PROBLEMS = {
+    401: {"description": "No valid API key"},
+    403: {"description": "The key lacks the scope"},
+    422: {"description": "Invalid SKU id or too many SKUs"},
+    503: {"description": "Engine not ready or unreachable; retry"},
+}
+
+
+def render(a: SkuAvailability, metrics: ApiMetrics | None = None) -> dict[str, object]:
+    policy = a.policy
+    if metrics is not None and a.beyond > policy.allowance(a.at_ms):
+        metrics.oversell.inc()
+    restock: int | None = None
+    if policy.preorder_limit > 0 and a.at_ms < policy.preorder_release_ms:
+        restock = policy.preorder_release_ms
+    elif a.available <= 0 and policy.lead_time_days > 0:
+        restock = a.at_ms + policy.lead_time_days * _DAY_MS
+    return {
+        "sku": a.sku,
+        "available": a.available,
+        "on_hand": a.on_hand,
+        "held": a.held,
+        "committed": a.committed,
+        "backorder_remaining": a.backorder_remaining(),
+        "preorder_remaining": a.preorder_remaining(),
+        "low_stock": a.low_stock,
+        "expected_restock_ms": restock,
+        "warehouses": [
+            {
+                "warehouse": lvl.warehouse,
+                "available": max(0, lvl.available),
+                "on_hand": lvl.on_hand,
+                "held": lvl.held,
+                "committed": lvl.committed,
+                "safety_stock": lvl.safety_stock,
+                "low_stock": lvl.low,
+                "version": lvl.version,
+            }
+            for lvl in a.levels
+        ],
+        "at_ms": a.at_ms,
+    }
+
+
+def _etag(bodies: list[dict[str, object]]) -> str:
+    stable = [{k: v for k, v in b.items() if k != "at_ms"} for b in bodies]
+    return 'W/"' + hashlib.blake2b(orjson.dumps(stable), digest_size=12).hexdigest() + '"'
+
+
+def _answer(request: Request, payload: object, etag: str) -> Response:
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    match = request.headers.get("if-none-match")
+    if match is not None and etag in (t.strip() for t in match.split(",")):
+        return Response(status_code=304, headers=headers)
+    return Response(orjson.dumps(payload), 200, headers, media_type="application/json")
+
+
+@router.get(
+    "/skus/{sku}/availability",
+    response_model=Availability,
+    responses={304: {"description": "Not modified (If-None-Match)"}, **_PROBLEMS},  # type: ignore[dict-item]
+    summary="Availability of one SKU, total and per warehouse",
+)
+async def sku_availability(
+    sku: Annotated[str, Path(pattern=ID, max_length=64)], request: Request, key: Reader
+) -> Response:
+    services = get_services(request)
+    body = render(await services.engine.availability(sku), services.metrics)
+    return _answer(request, body, _etag([body]))
+
+
+@router.get(
+    "/availability",
+    response_model=AvailabilityList,
+    responses={304: {"description": "Not modified (If-None-Match)"}, **_PROBLEMS},  # type: ignore[dict-item]
+    summary="Availability of up to 500 SKUs in one call",
+)
+async def bulk_availability(
+    request: Request,
+    key: Reader,
+    sku: Annotated[
+        list[Annotated[str, Query(pattern=ID, max_length=64)]],
+        Query(min_length=1, max_length=MAX_BULK, description="Repeat: ?sku=A&sku=B"),
+    ],
+) -> Response:
+    if len(set(sku)) != len(sku):
+        raise Problem(
+            422,
+            "invalid-input",
+            "Invalid input",
+            "a SKU is listed twice",
+            {"errors": [{"field": "sku", "message": "duplicate"}]},
+        )
+    services = get_services(request)
+    found = await services.engine.availability_many(sku)
+    items = [render(a, services.metrics) for a in found]
+    return _answer(request, {"items": items}, _etag(items))

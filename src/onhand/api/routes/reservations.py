@@ -1,0 +1,272 @@
+"""Reservations: create (hold), get, confirm, release, extend, fulfill, cancel.
+
+A reservation's id is ``<client_id>.<order_id>``: one reservation per order of each
+client, idempotent in the engine itself (a retry with the same order and lines gets
+the same hold back, whatever happened to its Idempotency-Key record). A client sees
+and changes only its own reservations; another client's answer 404 (admins see all).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Request
+from starlette.responses import Response
+
+from onhand.allocation import by_priority, nearest
+from onhand.api.apikeys import ApiKey
+from onhand.api.problems import Problem
+from onhand.api.schemas import (
+    ID,
+    FixedAllocation,
+    NearestAllocation,
+    ReservationCreate,
+    ReservationExtend,
+    ReservationOut,
+)
+from onhand.api.services import (
+    IdempotencyKey,
+    RequireScope,
+    Services,
+    get_services,
+    idempotent,
+    json_response,
+)
+from onhand.domain import MAX_CANDIDATES, Line, Reservation, ReservationStatus, ReserveRequest
+from onhand.errors import IdempotencyConflict, InsufficientStock, OnhandError
+
+router = APIRouter(prefix="/v1", tags=["reservations"])
+Writer = Annotated[ApiKey, Depends(RequireScope("reservations:write"))]
+ReservationId = Annotated[str, Path(pattern=ID, max_length=64)]
+_PROBLEMS = {
+    400: {"description": "Missing or malformed Idempotency-Key"},
+    401: {"description": "No valid API key"},
+    403: {"description": "The key lacks the scope"},
+    404: {"description": "No such reservation (or another client's)"},
+    409: {"description": "Insufficient stock, invalid transition or request in flight"},
+    422: {"description": "Invalid input, or an Idempotency-Key/order id reused differently"},
+    429: {"description": "Anti-hoarding limit reached (see Retry-After)"},
+    503: {"description": "Engine not ready or unreachable; retry"},
+}
+
+
+def render(res: Reservation) -> dict[str, object]:
+    return {
+        "reservation_id": res.reservation_id,
+        "order_id": res.reservation_id.partition(".")[2] or res.reservation_id,
+        "status": res.status.value,
+        "created_ms": res.created_ms,
+        "deadline_ms": res.deadline_ms,
+        "allocations": [
+            {"line": a.line, "sku": a.sku, "warehouse": a.warehouse, "qty": a.qty}
+            for a in res.allocations
+        ],
+        "at_ms": res.at_ms,
+    }
+
+
+def _candidates(services: Services, body: ReservationCreate) -> tuple[str, ...]:
+    spec = body.allocation
+    if isinstance(spec, FixedAllocation):
+        return (spec.warehouse,)
+    warehouses = services.catalog.all()
+    if isinstance(spec, NearestAllocation):
+        ordered = nearest(warehouses, spec.latitude, spec.longitude)
+    else:
+        ordered = by_priority(warehouses)
+    if not ordered:
+        raise Problem(
+            409,
+            "no-warehouses",
+            "No active warehouse",
+            "the catalog has no active warehouse to allocate from",
+        )
+    return ordered[:MAX_CANDIDATES]
+
+
+async def _admit(services: Services, key: ApiKey, rid: str, ttl_ms: int) -> None:
+    limit = key.max_active_holds or services.settings.client_max_active_holds
+    code, _, out = await services.engine.script(
+        "admit",
+        [services.engine.keys.client_holds(key.client_id)],
+        ["add", rid, str(ttl_ms), str(limit)],
+    )
+    if code == "FULL":
+        retry_s = max(1, -(-int(out[0]) // 1000))
+        raise Problem(
+            429,
+            "too-many-holds",
+            "Too many active holds",
+            f"at most {limit} live holds per client",
+            {"limit": limit},
+            {"Retry-After": str(retry_s)},
+        )
+
+
+async def _drop(services: Services, key: ApiKey, rid: str) -> None:
+    await services.engine.script(
+        "admit", [services.engine.keys.client_holds(key.client_id)], ["drop", rid]
+    )
+
+
+async def _create(request: Request, key: ApiKey, body: ReservationCreate) -> Response:
+    services = get_services(request)
+    settings = services.settings
+    cap = key.max_line_qty or settings.client_max_line_qty
+    over = [ln.sku for ln in body.lines if ln.qty > cap]
+    if over:
+        services.metrics.reservations.labels("limited").inc()
+        raise Problem(
+            429,
+            "line-quantity-limit",
+            "Line quantity above the client limit",
+            f"at most {cap} units per line",
+            {"limit": cap, "skus": over},
+            {"Retry-After": "60"},
+        )
+    await services.catalog.refresh()
+    candidates = _candidates(services, body)
+    ttl_ms = body.ttl_ms or settings.hold_ttl_ms
+    rid = f"{key.client_id}.{body.order_id}"
+    lines = tuple(Line(ln.sku, ln.qty, candidates, allow_split=ln.allow_split) for ln in body.lines)
+    request_ = ReserveRequest(rid, lines, ttl_ms, owner=key.client_id, actor=f"key:{key.key_id}")
+    await _admit(services, key, rid, ttl_ms)
+    try:
+        res = await services.engine.reserve(request_)
+    except IdempotencyConflict:
+        services.metrics.reservations.labels("conflict").inc()
+        raise
+    except InsufficientStock:
+        services.metrics.reservations.labels("insufficient").inc()
+        await _drop(services, key, rid)
+        raise
+    except OnhandError:
+        services.metrics.reservations.labels("error").inc()
+        await _drop(services, key, rid)
+        raise
+    if res.status is not ReservationStatus.PENDING:
+        await _drop(services, key, rid)
+    services.metrics.reservations.labels("replayed" if res.replayed else "held").inc()
+    return json_response(
+        render(res), 200 if res.replayed else 201, {"Location": f"/v1/reservations/{rid}"}
+    )
+
+
+@router.post(
+    "/reservations",
+    status_code=201,
+    response_model=ReservationOut,
+    responses=_PROBLEMS,  # type: ignore[arg-type]
+    summary="Hold stock for an order (all lines or nothing)",
+)
+async def create_reservation(
+    body: ReservationCreate, request: Request, key: Writer, idempotency_key: IdempotencyKey
+) -> Response:
+    return await idempotent(
+        request,
+        key,
+        idempotency_key,
+        body.model_dump_json().encode(),
+        lambda: _create(request, key, body),
+    )
+
+
+async def _owned(services: Services, key: ApiKey, rid: str) -> Reservation:
+    res = await services.engine.get_reservation(rid)
+    if res.owner != key.client_id and "admin" not in key.scopes:
+        raise Problem(404, "not-found", "Not found", "no such reservation")
+    return res
+
+
+@router.get(
+    "/reservations/{reservation_id}",
+    response_model=ReservationOut,
+    responses=_PROBLEMS,  # type: ignore[arg-type]
+    summary="Read a reservation",
+)
+async def get_reservation(reservation_id: ReservationId, request: Request, key: Writer) -> Response:
+    return json_response(render(await _owned(get_services(request), key, reservation_id)))
+
+
+async def _transition(request: Request, key: Writer, rid: str, action: str) -> Response:
+    services = get_services(request)
+    await _owned(services, key, rid)
+    actor = f"key:{key.key_id}"
+    engine = services.engine
+    if action == "confirm":
+        started = time.perf_counter()
+        res = await services.confirms.confirm(rid, actor=actor)
+        services.metrics.confirm_seconds.observe(time.perf_counter() - started)
+    elif action == "release":
+        res = await engine.release(rid, actor=actor)
+    elif action == "fulfill":
+        res = await engine.fulfill(rid, actor=actor)
+    else:
+        res = await engine.cancel(rid, actor=actor)
+    if action in ("confirm", "release"):
+        await _drop(services, key, rid)
+    return json_response(render(res))
+
+
+def _transition_route(action: str, summary: str) -> None:
+    async def handler(
+        reservation_id: ReservationId,
+        request: Request,
+        key: Writer,
+        idempotency_key: IdempotencyKey,
+    ) -> Response:
+        return await idempotent(
+            request,
+            key,
+            idempotency_key,
+            b"",
+            lambda: _transition(request, key, reservation_id, action),
+        )
+
+    handler.__name__ = f"{action}_reservation"
+    router.add_api_route(
+        f"/reservations/{{reservation_id}}:{action}",
+        handler,
+        methods=["POST"],
+        response_model=ReservationOut,
+        responses=_PROBLEMS,  # type: ignore[arg-type]
+        summary=summary,
+    )
+
+
+_transition_route("confirm", "Confirm a hold (durable in the ledger before the answer)")
+_transition_route("release", "Release a hold back to stock")
+_transition_route("fulfill", "Ship a confirmed reservation (stock leaves the warehouse)")
+_transition_route("cancel", "Cancel a confirmed reservation (stock becomes available)")
+
+
+async def _extend(request: Request, key: ApiKey, rid: str, body: ReservationExtend) -> Response:
+    services = get_services(request)
+    await _owned(services, key, rid)
+    res = await services.engine.extend(rid, body.ttl_ms, actor=f"key:{key.key_id}")
+    if res.status is ReservationStatus.PENDING:
+        await _admit(services, key, rid, max(1, res.deadline_ms - res.at_ms))
+    return json_response(render(res))
+
+
+@router.post(
+    "/reservations/{reservation_id}:extend",
+    response_model=ReservationOut,
+    responses=_PROBLEMS,  # type: ignore[arg-type]
+    summary="Move a pending hold's deadline (never earlier; capped at the maximum lifetime)",
+)
+async def extend_reservation(
+    reservation_id: ReservationId,
+    body: ReservationExtend,
+    request: Request,
+    key: Writer,
+    idempotency_key: IdempotencyKey,
+) -> Response:
+    return await idempotent(
+        request,
+        key,
+        idempotency_key,
+        body.model_dump_json().encode(),
+        lambda: _extend(request, key, reservation_id, body),
+    )

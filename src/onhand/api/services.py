@@ -1,0 +1,156 @@
+"""What every request handler needs, built once per process by the app's lifespan.
+
+Also the two request-scoped dependencies every route uses: :class:`RequireScope` (the
+API key behind the request, with the scope the route declares) and
+:func:`idempotent` (the Idempotency-Key protocol around a POST's work).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated
+
+import orjson
+from fastapi import Depends, Header, Request
+from starlette.responses import Response
+
+from onhand.api.apikeys import ApiKey, KeyStore
+from onhand.api.idempotency import Idempotency, Stored, fingerprint, parse_key
+from onhand.api.metrics import ApiMetrics
+from onhand.api.problems import Problem, from_engine_error, problem_response
+from onhand.catalog import WarehouseCatalog
+from onhand.engine.redis import RedisEngine
+from onhand.errors import EngineUnavailable, OnhandError
+from onhand.ledger.barrier import DurableConfirms
+from onhand.ledger.store import LedgerStore
+from onhand.settings import Settings
+
+log = logging.getLogger(__name__)
+
+__all__ = ["RequireScope", "Services", "get_services", "idempotent", "json_response"]
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: RedisEngine
+    store: LedgerStore
+    confirms: DurableConfirms
+    api_keys: KeyStore
+    idempotency: Idempotency
+    catalog: WarehouseCatalog
+    metrics: ApiMetrics
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+def json_response(
+    body: object, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(orjson.dumps(body), status, headers, media_type="application/json")
+
+
+_UNAUTHORIZED = {"WWW-Authenticate": 'Bearer realm="onhand"'}
+
+
+class RequireScope:
+    """Dependency: the caller's API key, which must carry ``scope`` (or ``admin``).
+
+    401 without a valid live key (``Authorization: Bearer onh_…``), 403 with a key that
+    lacks the scope. The route table test walks every route for one of these.
+    """
+
+    def __init__(self, scope: str) -> None:
+        self.scope = scope
+
+    async def __call__(
+        self,
+        request: Request,
+        authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+    ) -> ApiKey:
+        if authorization is None or not authorization.startswith("Bearer "):
+            raise Problem(
+                401,
+                "unauthorized",
+                "API key required",
+                "send Authorization: Bearer <key>",
+                headers=_UNAUTHORIZED,
+            )
+        services = get_services(request)
+        key = await services.api_keys.verify(authorization[7:].strip())
+        if key is None:
+            raise Problem(401, "unauthorized", "Invalid or revoked API key", headers=_UNAUTHORIZED)
+        if not key.allows(self.scope):
+            raise Problem(
+                403,
+                "forbidden",
+                "Missing scope",
+                f"this route needs {self.scope}",
+                {"required_scope": self.scope},
+            )
+        return key
+
+
+IdempotencyKey = Annotated[
+    str,
+    Header(
+        alias="Idempotency-Key",
+        description="Unique per request (e.g. a UUID); retries reuse it. Records expire "
+        "after 24 h.",
+        max_length=257,
+    ),
+]
+
+Services_ = Annotated[Services, Depends(get_services)]
+
+
+async def idempotent(
+    request: Request,
+    key: ApiKey,
+    raw_key: str,
+    canonical_body: bytes,
+    work: Callable[[], Awaitable[Response]],
+) -> Response:
+    """Run ``work`` under the Idempotency-Key protocol (see :mod:`onhand.api.idempotency`).
+
+    ``work`` returns the response; engine errors it raises are answered as problems and
+    stored like any answer, except retryable 503s, which release the key.
+    """
+    services = get_services(request)
+    idem_key = parse_key(raw_key)
+    fp = fingerprint(request.method, request.url.path, canonical_body)
+    ticket = await services.idempotency.begin(key.client_id, idem_key, fp)
+    if isinstance(ticket, Stored):
+        headers = dict(ticket.headers)
+        headers["Idempotent-Replayed"] = "true"
+        return Response(ticket.body, ticket.status, headers, media_type=ticket.media_type)
+    try:
+        try:
+            response = await work()
+        except Problem as problem:
+            response = problem_response(problem, request)
+        except OnhandError as exc:
+            response = problem_response(from_engine_error(exc), request)
+    except BaseException:
+        await services.idempotency.abandon(ticket)
+        raise
+    if response.status_code == 503:
+        await services.idempotency.abandon(ticket)
+        return response
+    headers = {
+        k: v
+        for k, v in response.headers.items()
+        if k.lower() in ("etag", "location", "retry-after")
+    }
+    answer = Stored(response.status_code, bytes(response.body), response.media_type or "", headers)
+    try:
+        await services.idempotency.finish(ticket, answer)
+    except EngineUnavailable as exc:
+        # The answer stands; a retry finds the key pending until lock_ms, then reruns.
+        log.warning("idempotency record of %s not stored: %s", request.url.path, exc)
+    return response
