@@ -38,12 +38,17 @@ def new_id(prefix: str) -> str:
 
 @asynccontextmanager
 async def open_engine(
-    url: str, namespace: str, *, max_connections: int = 64, socket_timeout: float | None = None
+    url: str,
+    namespace: str,
+    *,
+    max_connections: int = 64,
+    socket_timeout: float | None = None,
+    coalesce: bool = False,
 ) -> AsyncIterator[RedisEngine]:
     """A :class:`RedisEngine` on its own client built by :func:`connect`; closed afterwards."""
     client = connect(url, max_connections=max_connections, socket_timeout=socket_timeout)
     try:
-        engine = RedisEngine(client, namespace=namespace, partitions=PARTITIONS)
+        engine = RedisEngine(client, namespace=namespace, partitions=PARTITIONS, coalesce=coalesce)
         await engine.mark_ready(0)
         yield engine
     finally:

@@ -30,19 +30,21 @@ CONNECTIONS_PER_WORKER = 32
 
 # -- 1,000 single-unit reserves from several processes -------------------------------------
 def _reserve_in_child(
-    url: str, namespace: str, sku: str, wh: str, ids: list[str]
+    url: str, namespace: str, sku: str, wh: str, ids: list[str], coalesce: bool
 ) -> tuple[list[str], int, list[str]]:
     """Child-process entry point (spawn): returns (held ids, short count, other errors)."""
-    return asyncio.run(_reserve_many(url, namespace, sku, wh, ids))
+    return asyncio.run(_reserve_many(url, namespace, sku, wh, ids, coalesce))
 
 
 async def _reserve_many(
-    url: str, namespace: str, sku: str, wh: str, ids: list[str]
+    url: str, namespace: str, sku: str, wh: str, ids: list[str], coalesce: bool
 ) -> tuple[list[str], int, list[str]]:
     held: list[str] = []
     errors: list[str] = []
     short = 0
-    async with open_engine(url, namespace, max_connections=CONNECTIONS_PER_WORKER) as engine:
+    async with open_engine(
+        url, namespace, max_connections=CONNECTIONS_PER_WORKER, coalesce=coalesce
+    ) as engine:
         client = engine.client
         # Open the whole pool now, then wait at the barrier so every process fires at once.
         await asyncio.gather(*(client.ping() for _ in range(CONNECTIONS_PER_WORKER)))
@@ -66,8 +68,9 @@ async def _reserve_many(
     return held, short, errors
 
 
+@pytest.mark.parametrize("coalesce", [False, True], ids=["separate-calls", "coalesced"])
 async def test_a_thousand_reserves_from_four_processes_hold_exactly_the_hundred_in_stock(
-    redis_url: str, namespace: str
+    redis_url: str, namespace: str, coalesce: bool
 ) -> None:
     sku, wh = new_id("sku"), new_id("wh")
     ids = [new_id("r") for _ in range(1000)]
@@ -79,7 +82,14 @@ async def test_a_thousand_reserves_from_four_processes_hold_exactly_the_hundred_
         with ProcessPoolExecutor(WORKERS, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = [
                 loop.run_in_executor(
-                    pool, _reserve_in_child, redis_url, namespace, sku, wh, ids[i::WORKERS]
+                    pool,
+                    _reserve_in_child,
+                    redis_url,
+                    namespace,
+                    sku,
+                    wh,
+                    ids[i::WORKERS],
+                    coalesce,
                 )
                 for i in range(WORKERS)
             ]

@@ -238,7 +238,7 @@ async def test_env_py_runs_on_a_connection_the_caller_shares(
     async with engine.begin() as conn:
         await conn.run_sync(run, "base", down=True)
         await conn.rollback()  # transactional DDL: the downgrade never happened
-    assert await migrate.current_revision(database_url) == "0001"
+    assert await migrate.current_revision(database_url) == migrate.head_revision()
     async with engine.begin() as conn:
         await conn.run_sync(run, "base", down=True)
     assert await migrate.current_revision(database_url) is None

@@ -45,6 +45,7 @@ from onhand.domain import (
     check_text,
 )
 from onhand.engine.base import DEFAULT_MAX_HOLD_LIFETIME_MS, StockEngine
+from onhand.engine.coalesce import Coalescer
 from onhand.engine.scripts import Scripts
 from onhand.engine.snapshot import read_events, read_state
 from onhand.errors import (
@@ -112,6 +113,8 @@ class RedisEngine(StockEngine):
 
     ``clock``: ``None`` (production) makes every script read the Redis server clock;
     a :class:`~onhand.engine.base.ManualClock` fixes the time instead (tests only).
+    ``coalesce``: send concurrent callers' script calls as shared pipelines
+    (:mod:`onhand.engine.coalesce`): one round trip for many callers under load.
     """
 
     def __init__(
@@ -123,8 +126,10 @@ class RedisEngine(StockEngine):
         clock: Callable[[], int] | None = None,
         max_hold_lifetime_ms: int = DEFAULT_MAX_HOLD_LIFETIME_MS,
         retention_ms: int = DEFAULT_RETENTION_MS,
+        coalesce: bool = False,
     ) -> None:
         self.client = client
+        self._coalescer = Coalescer(client) if coalesce else None
         self.keys = Keys(namespace, partitions)
         self._scripts = Scripts(client)
         self._clock = clock
@@ -146,7 +151,11 @@ class RedisEngine(StockEngine):
         attempts = 2 if retry else 1
         for attempt in range(attempts):
             try:
-                reply = await self._scripts[name](keys=keys, args=[self._now_arg(), *args])
+                script, argv = self._scripts[name], [self._now_arg(), *args]
+                if self._coalescer is not None:
+                    reply = await self._coalescer.call(script, keys, argv)
+                else:
+                    reply = await script(keys=keys, args=argv)
                 break
             except (RedisConnectionError, RedisTimeoutError) as exc:
                 if attempt + 1 == attempts:

@@ -1,0 +1,74 @@
+"""Coalesced script calls behave like separate calls (real Redis).
+
+Many concurrent callers share pipelines (fewer pipelines than calls), yet each gets
+its own reply or its own error; a script cache flushed under load is reloaded and the
+calls run exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from onhand.domain import Line, ReserveRequest
+from onhand.errors import InsufficientStock, InvalidInput
+from tests.integration.support import new_id, open_engine
+
+
+async def test_concurrent_reserves_share_pipelines_and_each_gets_its_own_answer(
+    redis_url: str, namespace: str
+) -> None:
+    sku, wh = new_id("sku"), new_id("wh")
+    async with open_engine(redis_url, namespace, coalesce=True) as engine:
+        await engine.receive(sku, wh, 50)
+        coalescer = engine._coalescer
+        assert coalescer is not None
+        before = coalescer.pipelines, coalescer.calls
+
+        async def one(i: int) -> str:
+            try:
+                await engine.reserve(ReserveRequest(f"r{i}", (Line(sku, 1, (wh,)),), 60_000))
+            except InsufficientStock:
+                return "short"
+            return "held"
+
+        outcomes = await asyncio.gather(*(one(i) for i in range(200)))
+        assert outcomes.count("held") == 50 and outcomes.count("short") == 150
+        pipelines = coalescer.pipelines - before[0]
+        calls = coalescer.calls - before[1]
+        assert calls >= 200
+        assert pipelines < calls / 4, (pipelines, calls)
+        level = await engine.stock_level(sku, wh)
+        assert (level.on_hand, level.held) == (50, 50)
+
+
+async def test_an_error_in_one_coalesced_call_does_not_touch_its_neighbours(
+    redis_url: str, namespace: str
+) -> None:
+    sku, wh = new_id("sku"), new_id("wh")
+    async with open_engine(redis_url, namespace, coalesce=True) as engine:
+        results = await asyncio.gather(
+            engine.receive(sku, wh, 5),
+            engine.run_script("receive", [], ["x"]),  # wrong arity: refused by the script
+            engine.receive(sku, wh, 7),
+            return_exceptions=True,
+        )
+        assert not isinstance(results[0], BaseException)
+        assert isinstance(results[1], InvalidInput), results[1]
+        assert not isinstance(results[2], BaseException)
+        assert (await engine.stock_level(sku, wh)).on_hand == 12
+
+
+@pytest.mark.slow
+async def test_a_flushed_script_cache_is_reloaded_and_each_call_runs_once(
+    private_redis: object, namespace: str
+) -> None:
+    url = private_redis.url  # type: ignore[attr-defined]
+    sku, wh = new_id("sku"), new_id("wh")
+    async with open_engine(url, namespace, coalesce=True) as engine:
+        await engine.receive(sku, wh, 1)
+        await engine.client.script_flush()
+        await asyncio.gather(*(engine.receive(sku, wh, 1) for _ in range(100)))
+        level = await engine.stock_level(sku, wh)
+        assert (level.on_hand, level.version) == (101, 101)
