@@ -15,7 +15,6 @@ import importlib
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -159,6 +158,7 @@ async def open_services(settings: Settings) -> Services:
         partitions=settings.partitions,
         max_hold_lifetime_ms=settings.max_hold_lifetime_ms,
         retention_ms=settings.retention_ms,
+        coalesce=True,
     )
     try:
         store = await LedgerStore.open(
@@ -243,24 +243,37 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
     for module in (reservations, availability, stock, catalog, ledger, admin, ops):
         app.include_router(module.router)
     _docs(app)
-    _install_metrics(app)
+    app.add_middleware(RequestMetrics)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     return app
 
 
-def _install_metrics(app: FastAPI) -> None:
-    @app.middleware("http")
-    async def timing(request: Request, call_next: Any) -> Response:
+class RequestMetrics:
+    """Pure ASGI middleware: request count and latency by route template."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         started = time.perf_counter()
-        response: Response = await call_next(request)
-        route = request.scope.get("route")
-        template = getattr(route, "path", "unmatched")
-        svc = getattr(request.app.state, "services", None)
-        if svc is not None:
-            svc.metrics.latency.labels(template, request.method).observe(
-                time.perf_counter() - started
-            )
-            svc.metrics.requests.labels(
-                template, request.method, f"{response.status_code // 100}xx"
-            ).inc()
-        return response
+        status = 500
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            services = getattr(scope["app"].state, "services", None)
+            if services is not None:
+                route = getattr(scope.get("route"), "path", "unmatched")
+                method = scope["method"]
+                metrics = services.metrics
+                metrics.latency.labels(route, method).observe(time.perf_counter() - started)
+                metrics.requests.labels(route, method, f"{status // 100}xx").inc()
