@@ -50,7 +50,7 @@ def test_private_server_starts_answers_keeps_data_and_stops() -> None:
         server.kill()  # immediate shutdown: crash recovery at the next start
         assert not _alive(server)
         server.start()
-        assert run_async(lambda: migrate.current_revision(url)) == "0001"
+        assert run_async(lambda: migrate.current_revision(url)) == migrate.head_revision()
         server.restart()
         assert _alive(server)
         drop_database(server.admin_url, name)
@@ -74,7 +74,7 @@ def test_database_url_is_a_fresh_migrated_database(database_url: str, pg_admin_u
     name = database_url.rsplit("/", 1)[1]
     assert re.fullmatch(r"onhand_t[0-9a-f]{8}", name)
     assert database_url.startswith("postgresql://")
-    assert run_async(lambda: migrate.current_revision(database_url)) == "0001"
+    assert run_async(lambda: migrate.current_revision(database_url)) == migrate.head_revision()
     assert run_async(lambda: _fetchval(database_url, "SELECT count(*) FROM movements")) == 0
 
 
@@ -95,4 +95,4 @@ def test_drop_database_removes_only_the_named_database(pg_admin_url: str) -> Non
 
 async def test_database_url_works_from_async_tests(database_url: str) -> None:
     await migrate.upgrade(database_url)
-    assert await asyncio.wait_for(migrate.current_revision(database_url), 10) == "0001"
+    assert await asyncio.wait_for(migrate.current_revision(database_url), 10) == migrate.head_revision()

@@ -43,7 +43,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("key_id", name="pk_api_keys"),
         sa.CheckConstraint(
             "scopes <@ ARRAY['availability:read','reservations:write','stock:write','admin']",
-            name="ck_api_keys_scopes",
+            name=op.f("ck_api_keys_scopes"),
         ),
     )
     op.create_index("ix_api_keys_client_id", "api_keys", ["client_id"])
