@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from onhand import __version__
 from onhand.api.apikeys import KeyStore
+from onhand.api.fastpath import ReservationFastPath
 from onhand.api.idempotency import Idempotency
 from onhand.api.metrics import ApiMetrics
 from onhand.api.observer import observe
@@ -204,6 +205,28 @@ def _docs(app: FastAPI) -> None:
         )
 
 
+class OnhandApp(FastAPI):
+    """FastAPI with the reservation fast path in front of Starlette's middleware stack.
+
+    ``POST /v1/reservations`` goes to :class:`~onhand.api.fastpath.ReservationFastPath`
+    first; everything else (and every request the fast path declines) takes the
+    regular way through the middleware, the router and the documented route.
+    """
+
+    fast_path: ReservationFastPath | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        fast = self.fast_path
+        if fast is not None and fast.matches(scope):
+            scope["app"] = self
+            await fast(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+    async def route_slowly(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings, *, services: Services | None = None) -> FastAPI:
     """Build the API. ``services`` (tests) replaces what the lifespan would open."""
 
@@ -231,7 +254,7 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
             if own:
                 await close_services(svc)
 
-    app = FastAPI(
+    app = OnhandApp(
         title="onhand",
         version=__version__,
         description=DESCRIPTION,
@@ -245,6 +268,7 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
     _docs(app)
     app.add_middleware(RequestMetrics)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.fast_path = ReservationFastPath(app.route_slowly, settings.max_body_bytes, app.state)
     return app
 
 

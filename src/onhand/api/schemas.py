@@ -70,7 +70,9 @@ class ReservationCreate(Strict):
     order_id: OrderId = Field(description="Your order id; one reservation per order.")
     lines: Annotated[list[LineIn], Field(min_length=1, max_length=MAX_LINES)]
     ttl_ms: TtlMs | None = Field(None, description="Hold time; the server default if absent.")
-    allocation: AllocationSpec = Field(default_factory=lambda: PriorityAllocation(mode="priority"))
+    allocation: AllocationSpec | None = Field(
+        None, description="How to choose warehouses; warehouse priority if absent."
+    )
 
 
 class ReservationExtend(Strict):

@@ -29,7 +29,14 @@ from onhand.settings import Settings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RequireScope", "Services", "get_services", "idempotent", "json_response"]
+__all__ = [
+    "RequireScope",
+    "Services",
+    "get_services",
+    "idempotent",
+    "json_response",
+    "run_idempotent",
+]
 
 
 @dataclass
@@ -121,10 +128,30 @@ async def idempotent(
     ``work`` returns the response; engine errors it raises are answered as problems and
     stored like any answer, except retryable 503s, which release the key.
     """
-    services = get_services(request)
+    return await run_idempotent(
+        get_services(request),
+        key.client_id,
+        request.method,
+        request.url.path,
+        raw_key,
+        canonical_body,
+        work,
+    )
+
+
+async def run_idempotent(
+    services: Services,
+    client_id: str,
+    method: str,
+    path: str,
+    raw_key: str,
+    canonical_body: bytes,
+    work: Callable[[], Awaitable[Response]],
+) -> Response:
+    """:func:`idempotent` without a Request (the reservation fast path calls this)."""
     idem_key = parse_key(raw_key)
-    fp = fingerprint(request.method, request.url.path, canonical_body)
-    ticket = await services.idempotency.begin(key.client_id, idem_key, fp)
+    fp = fingerprint(method, path, canonical_body)
+    ticket = await services.idempotency.begin(client_id, idem_key, fp)
     if isinstance(ticket, Stored):
         headers = dict(ticket.headers)
         headers["Idempotent-Replayed"] = "true"
@@ -133,9 +160,9 @@ async def idempotent(
         try:
             response = await work()
         except Problem as problem:
-            response = problem_response(problem, request)
+            response = problem_response(problem, None, path=path)
         except OnhandError as exc:
-            response = problem_response(from_engine_error(exc), request)
+            response = problem_response(from_engine_error(exc), None, path=path)
     except BaseException:
         await services.idempotency.abandon(ticket)
         raise
@@ -152,5 +179,5 @@ async def idempotent(
         await services.idempotency.finish(ticket, answer)
     except EngineUnavailable as exc:
         # The answer stands; a retry finds the key pending until lock_ms, then reruns.
-        log.warning("idempotency record of %s not stored: %s", request.url.path, exc)
+        log.warning("idempotency record of %s not stored: %s", path, exc)
     return response

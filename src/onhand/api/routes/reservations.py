@@ -110,8 +110,8 @@ async def _drop(services: Services, key: ApiKey, rid: str) -> None:
     )
 
 
-async def _create(request: Request, key: ApiKey, body: ReservationCreate) -> Response:
-    services = get_services(request)
+async def create(services: Services, key: ApiKey, body: ReservationCreate) -> Response:
+    """Hold an order for ``key``'s client (the route and the fast path both call this)."""
     settings = services.settings
     cap = key.max_line_qty or settings.client_max_line_qty
     over = [ln.sku for ln in body.lines if ln.qty > cap]
@@ -168,7 +168,7 @@ async def create_reservation(
         key,
         idempotency_key,
         body.model_dump_json().encode(),
-        lambda: _create(request, key, body),
+        lambda: create(get_services(request), key, body),
     )
 
 

@@ -1,0 +1,120 @@
+"""The reservation hot path without FastAPI's routing and dependency layers.
+
+``POST /v1/reservations`` is what checkout calls at peak. This pure ASGI middleware
+answers it directly when the request is well-formed — a Bearer key that verifies and
+carries ``reservations:write``, an ``Idempotency-Key``, a JSON body within the size
+limit that validates strictly as :class:`~onhand.api.schemas.ReservationCreate` — by
+calling the same code as the route (:func:`~onhand.api.routes.reservations.create`
+under :func:`~onhand.api.services.run_idempotent`). Anything else is handed, body
+included, to the regular route, which answers exactly as documented. So the route, its
+OpenAPI entry and its validation stay the contract; this only skips work.
+"""
+
+from __future__ import annotations
+
+import time
+
+from pydantic import ValidationError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from onhand.api.problems import Problem, from_engine_error, problem_response
+from onhand.api.routes.reservations import create
+from onhand.api.schemas import ReservationCreate
+from onhand.api.services import Services, run_idempotent
+from onhand.errors import OnhandError
+
+__all__ = ["ReservationFastPath"]
+
+PATH = "/v1/reservations"
+ROUTE_SCOPE = "reservations:write"
+
+
+def _headers(scope: Scope, limit: int) -> tuple[bytes | None, bytes | None, bool, bool]:
+    """(authorization, idempotency-key, JSON content type?, declared body too large?)"""
+    auth = idem = None
+    json_body = oversize = False
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            auth = value
+        elif name == b"idempotency-key":
+            idem = value
+        elif name == b"content-type":
+            json_body = value.split(b";", 1)[0].strip() == b"application/json"
+        elif name == b"content-length":
+            oversize = not value.isdigit() or int(value) > limit
+    return auth, idem, json_body, oversize
+
+
+class ReservationFastPath:
+    """Wraps the whole app (outside Starlette's middleware stack); see the module doc."""
+
+    def __init__(self, app: ASGIApp, limit: int, state: object) -> None:
+        self.app, self.limit, self.state = app, limit, state
+
+    def matches(self, scope: Scope) -> bool:
+        return bool(
+            scope["type"] == "http" and scope["path"] == PATH and scope["method"] == "POST"
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.matches(scope):
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        auth, idem, json_body, oversize = _headers(scope, self.limit)
+        if oversize:
+            await self.app(scope, receive, send)  # BodyLimit answers 413
+            return
+        body = b""
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.limit:
+                await self._delegate(scope, receive, send, body, more)
+                return
+        services: Services | None = getattr(self.state, "services", None)
+        if services is None or not json_body or idem is None or auth is None:
+            await self._delegate(scope, receive, send, body, False)
+            return
+        token = auth.decode("latin-1")
+        key = await services.api_keys.verify(token[7:].strip()) if token[:7] == "Bearer " else None
+        if key is None or not key.allows(ROUTE_SCOPE):
+            await self._delegate(scope, receive, send, body, False)
+            return
+        try:
+            order = ReservationCreate.model_validate_json(body)
+        except ValidationError:
+            await self._delegate(scope, receive, send, body, False)
+            return
+        try:
+            response = await run_idempotent(
+                services, key.client_id, "POST", PATH, idem.decode("latin-1"),
+                order.model_dump_json().encode(), lambda: create(services, key, order),
+            )  # fmt: skip
+        except Problem as problem:
+            response = problem_response(problem, None, path=PATH)
+        except OnhandError as exc:
+            response = problem_response(from_engine_error(exc), None, path=PATH)
+        await response(scope, receive, send)
+        metrics = services.metrics
+        metrics.latency.labels(PATH, "POST").observe(time.perf_counter() - started)
+        metrics.requests.labels(PATH, "POST", f"{response.status_code // 100}xx").inc()
+
+    async def _delegate(
+        self, scope: Scope, receive: Receive, send: Send, body: bytes, more: bool
+    ) -> None:
+        """Hand the request to the app, replaying the body already read."""
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": more}
+            return await receive()
+
+        await self.app(scope, replay, send)
