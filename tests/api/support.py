@@ -82,3 +82,32 @@ def order(order_id: str, *lines: tuple[str, int], **extra: Any) -> dict[str, Any
         "lines": [{"sku": sku, "qty": qty} for sku, qty in lines],
         **extra,
     }
+
+
+def assert_problem(r: httpx.Response, status: int) -> dict[str, Any]:
+    """Assert ``r`` is an RFC 9457 problem with HTTP ``status``; return its body."""
+    assert r.status_code == status, (r.status_code, r.text[:500])
+    media_type = r.headers.get("content-type", "").split(";")[0].strip()
+    assert media_type == "application/problem+json", (media_type, r.text[:500])
+    body = r.json()
+    assert isinstance(body, dict), body
+    assert isinstance(body.get("type"), str) and body["type"], body
+    assert isinstance(body.get("title"), str) and body["title"], body
+    assert body.get("status") == status, body
+    return body
+
+
+async def stop_observer_task() -> None:
+    """Cancel the app's observer task of this event loop until it has really stopped.
+
+    Only the shutdown regression test uses this, to clean up after a failure: a
+    cancellation that lands while a Redis command is sent can be swallowed (redis-py's
+    ``asyncio.wait_for`` on Python 3.11); the app's lifespan now cancels until done.
+    """
+    import asyncio
+
+    for task in asyncio.all_tasks():
+        if getattr(task.get_coro(), "__qualname__", "") == "observe":
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=0.05)

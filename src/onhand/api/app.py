@@ -50,8 +50,9 @@ adjust, count and transfer stock; browse the ledger. Authenticate with
 
 
 class BodyLimit:
-    """Pure ASGI middleware: 413 problem for bodies above ``limit`` bytes (declared or
-    streamed), before the application reads them."""
+    """Pure ASGI middleware: 413 problem for bodies above ``limit`` bytes, before the
+    application reads them: a declared ``Content-Length`` is checked at once, a streamed
+    body is read (at most ``limit`` bytes) and then handed on."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app, self.limit = app, limit
@@ -60,33 +61,53 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        declared = False
         for name, value in scope["headers"]:
-            if name == b"content-length" and (not value.isdigit() or int(value) > self.limit):
+            if name == b"content-length":
+                if not value.isdigit() or int(value) > self.limit:
+                    await self._reject(scope, receive, send)
+                    return
+                declared = True
+        if declared or scope["method"] in ("GET", "HEAD"):
+            await self.app(scope, receive, send)  # the server holds it to its length
+            return
+        # A streamed (chunked) body: read it up to the limit before the app sees it.
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.limit:
                 await self._reject(scope, receive, send)
                 return
-        seen = 0
+        replayed = False
 
-        async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise Problem(
-                        413,
-                        "body-too-large",
-                        "Request body too large",
-                        f"at most {self.limit} bytes",
-                    )
-            return message
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
 
-        await self.app(scope, limited, send)
+        await self.app(scope, replay, send)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
         problem = Problem(
             413, "body-too-large", "Request body too large", f"at most {self.limit} bytes"
         )
         await problem_response(problem, None, path=scope["path"])(scope, receive, send)
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` until it has stopped: a cancellation that lands inside redis-py's
+    ``asyncio.wait_for`` can be swallowed on Python 3.11, so one cancel is not enough."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.1)
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        task.result()
 
 
 def _validation_problem(exc: RequestValidationError) -> Problem:
@@ -248,9 +269,7 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await _stop(task)
             if own:
                 await close_services(svc)
 

@@ -52,9 +52,7 @@ class ReservationFastPath:
         self.app, self.limit, self.state = app, limit, state
 
     def matches(self, scope: Scope) -> bool:
-        return bool(
-            scope["type"] == "http" and scope["path"] == PATH and scope["method"] == "POST"
-        )
+        return bool(scope["type"] == "http" and scope["path"] == PATH and scope["method"] == "POST")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not self.matches(scope):

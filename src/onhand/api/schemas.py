@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from onhand.domain import MAX_LINES, MAX_QTY, MAX_STOCK, MAX_TTL_MS
 
@@ -27,6 +27,12 @@ Longitude = Annotated[float, Field(ge=-180, le=180, allow_inf_nan=False)]
 Reason = Literal["damaged", "lost", "found", "returned", "correction"]
 Scope = Literal["availability:read", "reservations:write", "stock:write", "admin"]
 MAX_BULK = 500
+
+
+def _non_zero(value: int) -> int:
+    if value == 0:
+        raise ValueError("must not be 0")
+    return value
 
 
 class Strict(BaseModel):
@@ -137,7 +143,11 @@ class ReceiptIn(Strict):
 class AdjustmentIn(Strict):
     sku: Id
     warehouse: Id
-    delta: Annotated[int, Field(ge=-MAX_QTY, le=MAX_QTY)]
+    delta: Annotated[
+        int,
+        Field(ge=-MAX_QTY, le=MAX_QTY, json_schema_extra={"not": {"const": 0}}),
+        AfterValidator(_non_zero),
+    ]
     reason: Reason
     reference: Text = ""
 
@@ -295,7 +305,9 @@ class KeyOut(BaseModel):
 
 
 class KeyCreated(KeyOut):
-    token: str = Field(description="The whole key. Shown once; store it now.")
+    token: str | None = Field(
+        description="The whole key. Shown once; store it now (null on a replay)."
+    )
 
 
 class KeyList(BaseModel):

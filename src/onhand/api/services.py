@@ -110,6 +110,7 @@ IdempotencyKey = Annotated[
         description="Unique per request (e.g. a UUID); retries reuse it. Records expire "
         "after 24 h.",
         max_length=257,
+        pattern=r'^"?[\x21\x23-\x5b\x5d-\x7e]{1,255}"?$',
     ),
 ]
 
@@ -122,11 +123,14 @@ async def idempotent(
     raw_key: str,
     canonical_body: bytes,
     work: Callable[[], Awaitable[Response]],
+    *,
+    redact: Callable[[bytes], bytes] | None = None,
 ) -> Response:
     """Run ``work`` under the Idempotency-Key protocol (see :mod:`onhand.api.idempotency`).
 
     ``work`` returns the response; engine errors it raises are answered as problems and
-    stored like any answer, except retryable 503s, which release the key.
+    stored like any answer, except retryable 503s, which release the key. ``redact``
+    rewrites a successful body before it is stored (secrets are never kept).
     """
     return await run_idempotent(
         get_services(request),
@@ -136,6 +140,7 @@ async def idempotent(
         raw_key,
         canonical_body,
         work,
+        redact=redact,
     )
 
 
@@ -147,6 +152,8 @@ async def run_idempotent(
     raw_key: str,
     canonical_body: bytes,
     work: Callable[[], Awaitable[Response]],
+    *,
+    redact: Callable[[bytes], bytes] | None = None,
 ) -> Response:
     """:func:`idempotent` without a Request (the reservation fast path calls this)."""
     idem_key = parse_key(raw_key)
@@ -174,7 +181,10 @@ async def run_idempotent(
         for k, v in response.headers.items()
         if k.lower() in ("etag", "location", "retry-after")
     }
-    answer = Stored(response.status_code, bytes(response.body), response.media_type or "", headers)
+    body = bytes(response.body)
+    if redact is not None and response.status_code < 300:
+        body = redact(body)
+    answer = Stored(response.status_code, body, response.media_type or "", headers)
     try:
         await services.idempotency.finish(ticket, answer)
     except EngineUnavailable as exc:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Depends, Path, Request
 from starlette.responses import Response
 
@@ -20,8 +21,9 @@ from onhand.api.services import (
 
 router = APIRouter(prefix="/v1", tags=["api keys"])
 Admin = Annotated[ApiKey, Depends(RequireScope("admin"))]
-_PROBLEMS = {
-    400: {"description": "Missing or malformed Idempotency-Key"},
+_PROBLEMS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "Missing or malformed Idempotency-Key, or malformed JSON"},
+    413: {"description": "Request body too large"},
     401: {"description": "No valid API key"},
     403: {"description": "Missing scope"},
     404: {"description": "No such key"},
@@ -33,7 +35,7 @@ _PROBLEMS = {
     "/api-keys",
     status_code=201,
     response_model=KeyCreated,
-    responses=_PROBLEMS,  # type: ignore[arg-type]
+    responses=_PROBLEMS,
     summary="Create an API key (its token is in this answer only)",
 )
 async def create_key(
@@ -49,10 +51,17 @@ async def create_key(
         )
         return json_response({**new.key.as_dict(), "token": new.token}, 201)
 
-    return await idempotent(request, key, idempotency_key, body.model_dump_json().encode(), work)
+    return await idempotent(
+        request, key, idempotency_key, body.model_dump_json().encode(), work, redact=_no_token
+    )
 
 
-@router.get("/api-keys", response_model=KeyList, responses=_PROBLEMS, summary="List API keys")  # type: ignore[arg-type]
+def _no_token(body: bytes) -> bytes:
+    """The stored (replayable) answer keeps the key's metadata, never its secret."""
+    return orjson.dumps({**orjson.loads(body), "token": None})
+
+
+@router.get("/api-keys", response_model=KeyList, responses=_PROBLEMS, summary="List API keys")
 async def list_keys(request: Request, key: Admin) -> Response:
     keys = await get_services(request).api_keys.list()
     return json_response({"items": [k.as_dict() for k in keys]})
@@ -61,7 +70,7 @@ async def list_keys(request: Request, key: Admin) -> Response:
 @router.post(
     "/api-keys/{key_id}:revoke",
     response_model=KeyOut,
-    responses=_PROBLEMS,  # type: ignore[arg-type]
+    responses=_PROBLEMS,
     summary="Revoke an API key (at once here, within the key cache TTL elsewhere)",
 )
 async def revoke_key(

@@ -7,7 +7,7 @@ answers 304 while nothing a page shows has changed.
 from __future__ import annotations
 
 import hashlib
-from typing import Annotated
+from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -23,7 +23,7 @@ from onhand.domain import SkuAvailability
 router = APIRouter(prefix="/v1", tags=["availability"])
 Reader = Annotated[ApiKey, Depends(RequireScope("availability:read"))]
 _DAY_MS = 86_400_000
-_PROBLEMS = {
+_PROBLEMS: dict[int | str, dict[str, Any]] = {
     401: {"description": "No valid API key"},
     403: {"description": "The key lacks the scope"},
     422: {"description": "Invalid SKU id or too many SKUs"},
@@ -83,7 +83,7 @@ def _answer(request: Request, payload: object, etag: str) -> Response:
 @router.get(
     "/skus/{sku}/availability",
     response_model=Availability,
-    responses={304: {"description": "Not modified (If-None-Match)"}, **_PROBLEMS},  # type: ignore[dict-item]
+    responses={304: {"description": "Not modified (If-None-Match)"}, **_PROBLEMS},
     summary="Availability of one SKU, total and per warehouse",
 )
 async def sku_availability(
@@ -97,7 +97,7 @@ async def sku_availability(
 @router.get(
     "/availability",
     response_model=AvailabilityList,
-    responses={304: {"description": "Not modified (If-None-Match)"}, **_PROBLEMS},  # type: ignore[dict-item]
+    responses={304: {"description": "Not modified (If-None-Match)"}, **_PROBLEMS},
     summary="Availability of up to 500 SKUs in one call",
 )
 async def bulk_availability(

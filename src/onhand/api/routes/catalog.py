@@ -9,7 +9,7 @@ Redis, the list from the ledger (it may trail Redis by the writer's lag).
 from __future__ import annotations
 
 import base64
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from starlette.responses import Response
@@ -40,8 +40,9 @@ router = APIRouter(prefix="/v1", tags=["catalog"])
 Admin = Annotated[ApiKey, Depends(RequireScope("admin"))]
 Operator = Annotated[ApiKey, Depends(RequireScope("stock:write"))]
 IdPath = Annotated[str, Path(pattern=ID, max_length=64)]
-_PROBLEMS = {
-    400: {"description": "Missing or malformed Idempotency-Key"},
+_PROBLEMS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "Missing or malformed Idempotency-Key, or malformed JSON"},
+    413: {"description": "Request body too large"},
     401: {"description": "No valid API key"},
     403: {"description": "The key lacks the scope"},
     404: {"description": "Not found"},
@@ -83,7 +84,7 @@ def _warehouse(wid: str, body: WarehouseIn) -> Warehouse:
     "/warehouses",
     status_code=201,
     response_model=WarehouseOut,
-    responses=_PROBLEMS,  # type: ignore[arg-type]
+    responses=_PROBLEMS,
     summary="Create a warehouse",
     tags=["catalog"],
 )
@@ -108,7 +109,7 @@ async def create_warehouse(
 @router.put(
     "/warehouses/{warehouse_id}",
     response_model=WarehouseOut,
-    responses=_PROBLEMS,  # type: ignore[arg-type]
+    responses=_PROBLEMS,
     summary="Create or replace a warehouse",
 )
 async def put_warehouse(
@@ -121,7 +122,7 @@ async def put_warehouse(
 @router.get(
     "/warehouses/{warehouse_id}",
     response_model=WarehouseOut,
-    responses=_PROBLEMS,  # type: ignore[arg-type]
+    responses=_PROBLEMS,
     summary="Read a warehouse",
 )
 async def get_warehouse(warehouse_id: IdPath, request: Request, key: Operator) -> Response:
@@ -136,7 +137,7 @@ async def get_warehouse(warehouse_id: IdPath, request: Request, key: Operator) -
 @router.get(
     "/warehouses",
     response_model=WarehouseList,
-    responses=_PROBLEMS,  # type: ignore[arg-type]
+    responses=_PROBLEMS,
     summary="List warehouses",
 )
 async def list_warehouses(request: Request, key: Operator) -> Response:
@@ -148,7 +149,7 @@ async def list_warehouses(request: Request, key: Operator) -> Response:
 @router.put(
     "/skus/{sku}/policy",
     response_model=PolicyOut,
-    responses=_PROBLEMS,  # type: ignore[arg-type]
+    responses=_PROBLEMS,
     summary="Create or replace a SKU's policy (backorder/pre-order limits, reorder, line cap)",
 )
 async def put_policy(sku: IdPath, body: PolicyIn, request: Request, key: Admin) -> Response:
@@ -160,7 +161,7 @@ async def put_policy(sku: IdPath, body: PolicyIn, request: Request, key: Admin) 
 @router.get(
     "/skus/{sku}/policy",
     response_model=PolicyOut,
-    responses=_PROBLEMS,  # type: ignore[arg-type]
+    responses=_PROBLEMS,
     summary="Read a SKU's policy (defaults if never set)",
 )
 async def get_policy(sku: IdPath, request: Request, key: Operator) -> Response:
@@ -189,7 +190,7 @@ def _cursor(raw: str | None) -> str:
 @router.get(
     "/sku-policies",
     response_model=PolicyList,
-    responses=_PROBLEMS,  # type: ignore[arg-type]
+    responses=_PROBLEMS,
     summary="List SKU policies from the ledger (by SKU, cursor-paginated)",
 )
 async def list_policies(

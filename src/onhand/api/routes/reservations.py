@@ -9,7 +9,7 @@ and changes only its own reservations; another client's answer 404 (admins see a
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request
 from starlette.responses import Response
@@ -39,8 +39,9 @@ from onhand.errors import IdempotencyConflict, InsufficientStock, OnhandError
 router = APIRouter(prefix="/v1", tags=["reservations"])
 Writer = Annotated[ApiKey, Depends(RequireScope("reservations:write"))]
 ReservationId = Annotated[str, Path(pattern=ID, max_length=64)]
-_PROBLEMS = {
-    400: {"description": "Missing or malformed Idempotency-Key"},
+_PROBLEMS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "Missing or malformed Idempotency-Key, or malformed JSON"},
+    413: {"description": "Request body too large"},
     401: {"description": "No valid API key"},
     403: {"description": "The key lacks the scope"},
     404: {"description": "No such reservation (or another client's)"},
@@ -157,7 +158,10 @@ async def create(services: Services, key: ApiKey, body: ReservationCreate) -> Re
     "/reservations",
     status_code=201,
     response_model=ReservationOut,
-    responses=_PROBLEMS,  # type: ignore[arg-type]
+    responses={
+        200: {"model": ReservationOut, "description": "The order was held before (same lines)"},
+        **_PROBLEMS,
+    },
     summary="Hold stock for an order (all lines or nothing)",
 )
 async def create_reservation(
@@ -182,7 +186,7 @@ async def _owned(services: Services, key: ApiKey, rid: str) -> Reservation:
 @router.get(
     "/reservations/{reservation_id}",
     response_model=ReservationOut,
-    responses=_PROBLEMS,  # type: ignore[arg-type]
+    responses=_PROBLEMS,
     summary="Read a reservation",
 )
 async def get_reservation(reservation_id: ReservationId, request: Request, key: Writer) -> Response:
@@ -230,7 +234,7 @@ def _transition_route(action: str, summary: str) -> None:
         handler,
         methods=["POST"],
         response_model=ReservationOut,
-        responses=_PROBLEMS,  # type: ignore[arg-type]
+        responses=_PROBLEMS,
         summary=summary,
     )
 
@@ -253,7 +257,7 @@ async def _extend(request: Request, key: ApiKey, rid: str, body: ReservationExte
 @router.post(
     "/reservations/{reservation_id}:extend",
     response_model=ReservationOut,
-    responses=_PROBLEMS,  # type: ignore[arg-type]
+    responses=_PROBLEMS,
     summary="Move a pending hold's deadline (never earlier; capped at the maximum lifetime)",
 )
 async def extend_reservation(

@@ -9,7 +9,7 @@ with the record version it was counted against (428 without, 412 on a mismatch).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Request
 from starlette.responses import Response
@@ -42,8 +42,9 @@ from onhand.errors import OnhandError
 router = APIRouter(prefix="/v1", tags=["stock"])
 Operator = Annotated[ApiKey, Depends(RequireScope("stock:write"))]
 IdPath = Annotated[str, Path(pattern=ID, max_length=64)]
-_PROBLEMS = {
-    400: {"description": "Missing or malformed Idempotency-Key"},
+_PROBLEMS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "Missing or malformed Idempotency-Key, or malformed JSON"},
+    413: {"description": "Request body too large"},
     401: {"description": "No valid API key"},
     403: {"description": "The key lacks the scope"},
     409: {"description": "Not enough available stock, or request in flight"},
@@ -79,7 +80,7 @@ def _actor(key: ApiKey) -> str:
 @router.get(
     "/stock-levels/{sku}/{warehouse}",
     response_model=StockLevelOut,
-    responses=_PROBLEMS,  # type: ignore[arg-type]
+    responses=_PROBLEMS,
     summary="One stock record; its ETag is the version a stocktake must match",
 )
 async def get_stock_level(
@@ -92,7 +93,7 @@ async def get_stock_level(
     "/stock-receipts",
     status_code=201,
     response_model=StockLevelOut,
-    responses=_PROBLEMS,  # type: ignore[arg-type]
+    responses=_PROBLEMS,
     summary="Receive stock (on_hand += qty)",
 )
 async def receive(
@@ -112,7 +113,7 @@ async def receive(
     "/adjustments",
     status_code=201,
     response_model=StockLevelOut,
-    responses=_PROBLEMS,  # type: ignore[arg-type]
+    responses=_PROBLEMS,
     summary="Adjust on_hand for a reason (damaged, lost, found, returned, correction)",
 )
 async def adjust(
@@ -151,7 +152,7 @@ def _if_match(raw: str | None) -> int:
     "/stock-counts",
     status_code=201,
     response_model=StockLevelOut,
-    responses=_PROBLEMS,  # type: ignore[arg-type]
+    responses=_PROBLEMS,
     summary="Stocktake: set on_hand to the counted quantity (If-Match: record version)",
 )
 async def count(
@@ -181,7 +182,7 @@ async def count(
     "/transfers",
     status_code=201,
     response_model=TransferOut,
-    responses=_PROBLEMS,  # type: ignore[arg-type]
+    responses=_PROBLEMS,
     summary="Move available units of one SKU between two warehouses, atomically",
 )
 async def transfer(
@@ -212,7 +213,7 @@ async def transfer(
 @router.put(
     "/stock-levels/{sku}/{warehouse}/safety-stock",
     response_model=StockLevelOut,
-    responses=_PROBLEMS,  # type: ignore[arg-type]
+    responses=_PROBLEMS,
     summary="Set the units of a record that are never sold",
 )
 async def set_safety_stock(
@@ -248,7 +249,7 @@ async def _bulk(
     "/stock-receipts:bulk",
     status_code=207,
     response_model=BulkResult,
-    responses=_PROBLEMS,  # type: ignore[arg-type]
+    responses=_PROBLEMS,
     summary="Receive many items; each applies on its own (207, one result per item)",
 )
 async def receive_bulk(
@@ -275,7 +276,7 @@ async def receive_bulk(
     "/adjustments:bulk",
     status_code=207,
     response_model=BulkResult,
-    responses=_PROBLEMS,  # type: ignore[arg-type]
+    responses=_PROBLEMS,
     summary="Adjust many items; each applies on its own (207, one result per item)",
 )
 async def adjust_bulk(
