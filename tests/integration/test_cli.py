@@ -62,3 +62,37 @@ async def test_the_operator_commands_drain_report_reconcile_and_rebuild(
         assert "verified" in rebuilt.stderr
         level = await stack.engine.stock_level(sku, wh)
         assert (level.on_hand, level.held) == (10, 3)
+
+
+async def test_keys_create_list_revoke_and_seed_work_as_an_operator_runs_them(
+    redis_url: str, database_url: str, namespace: str
+):
+    env = {
+        "ONHAND_REDIS_URL": redis_url,
+        "ONHAND_DATABASE_URL": database_url,
+        "ONHAND_NAMESPACE": namespace,
+        "ONHAND_PARTITIONS": str(PARTITIONS),
+    }
+    created = _onhand(env, "keys", "create", "--client-id", "ops", "--scope", "stock:write")
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip()
+    assert token.startswith("onh_") and len(token) == 4 + 16 + 1 + 43
+    key_id = token[4:20]
+    listed = _onhand(env, "keys", "list")
+    assert listed.returncode == 0 and key_id in listed.stdout and token[21:] not in listed.stdout
+    bad = _onhand(env, "keys", "create", "--client-id", "ops", "--scope", "root")
+    assert bad.returncode != 0
+    assert _onhand(env, "keys", "revoke", key_id).returncode == 0
+    assert _onhand(env, "keys", "revoke", "0" * 16).returncode == 1
+    async with open_stack(redis_url, database_url, namespace, stamp=False) as stack:
+        assert _onhand(env, "reopen").returncode == 0
+        seeded = _onhand(env, "seed")
+        assert seeded.returncode == 0 and "seeded" in seeded.stderr, seeded.stderr
+        again = _onhand(env, "seed")
+        assert again.returncode == 0 and "not seeding" in again.stderr
+        assert await stack.fetchval("SELECT count(*) FROM warehouses") == 4
+        assert (await stack.engine.stock_level("MUG-WHITE", "BER")).on_hand == 500
+        catalog = await stack.client.hkeys(stack.engine.keys.warehouse_catalog())
+        assert sorted(k.decode() for k in catalog) == ["BER", "FRA", "HAM", "MUC"]
+        revoked = await stack.fetchval("SELECT revoked_at IS NOT NULL FROM api_keys")
+        assert revoked is True

@@ -1,0 +1,112 @@
+"""The API served by a real uvicorn (`onhand serve`, 2 workers) in a subprocess.
+
+The in-process suites drive the ASGI app directly; this one goes through sockets,
+httptools and uvloop, both ways into a reservation (the fast path and the regular
+route), and across two worker processes that share one Redis and one Postgres.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from onhand.settings import Settings
+from tests.api.support import open_api
+from tests.local_server import free_port
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def served(api_settings: Settings) -> Iterator[str]:
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("ONHAND_")},
+        "ONHAND_REDIS_URL": str(api_settings.redis_url),
+        "ONHAND_DATABASE_URL": str(api_settings.database_url),
+        "ONHAND_NAMESPACE": api_settings.namespace,
+        "ONHAND_PARTITIONS": str(api_settings.partitions),
+        "ONHAND_KEY_CACHE_TTL_MS": "0",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "onhand", "serve", "--port", str(port), "--workers", "2"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base}/livez", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline, "uvicorn did not come up"
+            time.sleep(0.1)
+        yield base
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err.decode()
+
+
+async def test_a_real_server_holds_confirms_and_refuses_as_documented(
+    api_settings: Settings, served: str
+) -> None:
+    async with open_api(api_settings) as api:  # opens Redis for the namespace, makes keys
+        token = await api.token("admin")
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=served, headers=headers, timeout=10) as http:
+        made = await http.post(
+            "/v1/warehouses",
+            json={"warehouse_id": "BER", "latitude": 52.5, "longitude": 13.4},
+            headers={"Idempotency-Key": "w-1"},
+        )
+        assert made.status_code == 201, made.text
+        got = await http.post(
+            "/v1/stock-receipts",
+            json={"sku": "S-1", "warehouse": "BER", "qty": 10},
+            headers={"Idempotency-Key": "r-1"},
+        )
+        assert got.status_code == 201, got.text
+        holds = []
+        for i in range(20):  # spread over both workers
+            r = await http.post(
+                "/v1/reservations",
+                json={"order_id": f"o{i}", "lines": [{"sku": "S-1", "qty": 1}]},
+                headers={"Idempotency-Key": f"k{i}"},
+            )
+            holds.append(r.status_code)
+        assert holds.count(201) == 10 and holds.count(409) == 10, holds
+        replay = await http.post(
+            "/v1/reservations",
+            json={"order_id": "o0", "lines": [{"sku": "S-1", "qty": 1}]},
+            headers={"Idempotency-Key": "k0"},
+        )
+        assert replay.status_code == 201 and replay.headers["idempotent-replayed"] == "true"
+        bad = await http.post(
+            "/v1/reservations",
+            content=b'{"order_id": "x", "lines": [{"sku": "S-1", "qty": "1"}]}',
+            headers={"Idempotency-Key": "k-bad", "Content-Type": "application/json"},
+        )
+        assert bad.status_code == 422
+        assert bad.headers["content-type"] == "application/problem+json"
+        confirmed = await http.post(
+            f"/v1/reservations/{replay.json()['reservation_id']}:confirm",
+            headers={"Idempotency-Key": "c0"},
+        )
+        assert confirmed.status_code == 200 and confirmed.json()["status"] == "confirmed"
+        level = (await http.get("/v1/skus/S-1/availability")).json()
+        assert (level["on_hand"], level["held"], level["committed"]) == (10, 9, 1)
+        assert (await http.get("/openapi.json")).status_code == 200
