@@ -95,4 +95,7 @@ def test_drop_database_removes_only_the_named_database(pg_admin_url: str) -> Non
 
 async def test_database_url_works_from_async_tests(database_url: str) -> None:
     await migrate.upgrade(database_url)
-    assert await asyncio.wait_for(migrate.current_revision(database_url), 10) == migrate.head_revision()
+    assert (
+        await asyncio.wait_for(migrate.current_revision(database_url), 10)
+        == migrate.head_revision()
+    )
