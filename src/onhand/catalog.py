@@ -16,7 +16,7 @@ import time
 import asyncpg
 from redis.asyncio import Redis
 
-from onhand.allocation import Warehouse
+from onhand.allocation import Warehouse, by_priority
 from onhand.keys import Keys
 
 __all__ = ["WarehouseCatalog"]
@@ -59,6 +59,7 @@ class WarehouseCatalog:
         self._version: bytes | str | None = None
         self._checked = 0.0
         self._warehouses: dict[str, Warehouse] = {}
+        self._by_priority: tuple[str, ...] = ()
 
     async def upsert(self, warehouse: Warehouse) -> Warehouse:
         """Create or replace one warehouse: Postgres, then Redis, then this cache."""
@@ -119,10 +120,15 @@ class WarehouseCatalog:
             )
             for k, v in raw.items()
         }
+        self._by_priority = by_priority(self._warehouses.values())
         self._version = version
 
     def get(self, warehouse_id: str) -> Warehouse | None:
         return self._warehouses.get(warehouse_id)
+
+    def by_priority(self) -> tuple[str, ...]:
+        """Active warehouse ids by priority (computed once per catalog version)."""
+        return self._by_priority
 
     def all(self) -> list[Warehouse]:
         return sorted(self._warehouses.values(), key=lambda w: w.warehouse_id)

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Request
 from starlette.responses import Response
 
-from onhand.allocation import by_priority, nearest
+from onhand.allocation import nearest
 from onhand.api.apikeys import ApiKey
 from onhand.api.problems import Problem
 from onhand.api.schemas import (
@@ -71,11 +71,10 @@ def _candidates(services: Services, body: ReservationCreate) -> tuple[str, ...]:
     spec = body.allocation
     if isinstance(spec, FixedAllocation):
         return (spec.warehouse,)
-    warehouses = services.catalog.all()
     if isinstance(spec, NearestAllocation):
-        ordered = nearest(warehouses, spec.latitude, spec.longitude)
+        ordered = nearest(services.catalog.all(), spec.latitude, spec.longitude)
     else:
-        ordered = by_priority(warehouses)
+        ordered = services.catalog.by_priority()
     if not ordered:
         raise Problem(
             409,
