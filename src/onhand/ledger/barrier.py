@@ -18,10 +18,12 @@ from __future__ import annotations
 import asyncio
 import time
 
+import asyncpg
+
 from onhand.domain import Reservation
 from onhand.engine.redis import RedisEngine
 from onhand.errors import EngineUnavailable
-from onhand.ledger.rows import add_reservation, build_batch
+from onhand.ledger.rows import Batch, add_reservation, build_batch
 from onhand.ledger.store import LedgerStore
 from onhand.ledger.writer import TRANSIENT_PG
 
@@ -47,7 +49,7 @@ class DurableConfirms:
                 batch, reservation, confirmation.fingerprint, confirmation.max_deadline_ms
             )
             try:
-                await self.store.apply(batch)
+                await self._apply(batch)
             except TRANSIENT_PG as exc:
                 raise EngineUnavailable(
                     f"confirm of {reservation_id} is not yet durable (Postgres: {exc}); retry"
@@ -55,6 +57,19 @@ class DurableConfirms:
             return reservation
         await self._wait_durable(reservation_id)
         return reservation
+
+    async def _apply(self, batch: Batch) -> None:
+        """Write through, serialised with the writer's reservation statements (its
+        advisory lock); a deadlock Postgres breaks anyway is retried (apply is
+        idempotent)."""
+        for attempt in range(3):
+            try:
+                await self.store.apply(batch, lock_reservations=True)
+                return
+            except asyncpg.exceptions.DeadlockDetectedError:
+                if attempt == 2:
+                    raise
+                await asyncio.sleep(0.005 * (attempt + 1))
 
     async def _wait_durable(self, reservation_id: str) -> None:
         deadline = time.monotonic() + self.timeout_ms / 1000

@@ -9,17 +9,22 @@ forward), extensions, policies and, per partition, the last stream id consumed.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from onhand.domain import STATUS_RANK, Reservation, ReservationStatus
-from onhand.events import Event, EventType
+from onhand.events import FIELDS, Event, EventType
 
 __all__ = [
     "MOVEMENT_COLUMNS",
+    "STAGE_COLUMNS",
     "Batch",
+    "Staged",
     "add_reservation",
     "build_batch",
     "parse_stream_id",
+    "stage_entries",
 ]
 
 MOVEMENT_COLUMNS = (
@@ -179,3 +184,72 @@ def build_batch(entries: list[tuple[int, str, Event]], *, advance_watermarks: bo
             if current is None or current.version < e.version:
                 batch.policies[e.sku] = e
     return batch
+
+
+# -- the writer's fast path: stream entries straight to COPY text -----------------------
+STAGE_COLUMNS = ("partition", "stream_ms", "stream_seq", *FIELDS)
+"""The writer's staging table: the stream position, then every stream field (attribute
+names, :data:`onhand.events.FIELDS` order) as it is on the stream: ``NULL`` when absent.
+Postgres derives the movement rows and every projection from it (``LedgerStore``)."""
+
+_STAGE_KEYS = tuple(name.encode() for name in FIELDS.values())
+_ABSENT = (b"",) * len(_STAGE_KEYS)
+_TABS = len(_STAGE_KEYS) - 1
+# policy_set events take the general path: their policy is parsed by Python there
+_STAGED_TYPES = frozenset(t.value.encode() for t in EventType if t is not EventType.POLICY_SET)
+
+
+@dataclass(frozen=True, slots=True)
+class Staged:
+    """Entries as one ``COPY … (FORMAT text, NULL '')`` payload for the staging table."""
+
+    payload: bytes
+    count: int
+    types: frozenset[bytes]
+
+
+def _copy_escape(value: bytes) -> bytes:
+    return (
+        value.replace(b"\\", b"\\\\")
+        .replace(b"\t", b"\\t")
+        .replace(b"\n", b"\\n")
+        .replace(b"\r", b"\\r")
+    )
+
+
+def stage_entries(entries: Iterable[tuple[int, str, Mapping[Any, Any] | None]]) -> Staged | None:
+    """``(partition, stream_id, fields)`` entries as COPY text rows, or ``None`` when any
+    entry needs the general path (:meth:`Event.from_fields` + :func:`build_batch`).
+
+    No value is decoded or converted here: Postgres parses the integers and checks the
+    UTF-8 while copying, so anything it refuses fails the whole batch, which the writer
+    then applies through the general path (where a bad entry is isolated). What is
+    accepted here is exactly what the general path accepts, row for row, except for
+    entries handed to the general path up front: a missing ``id``/``ts``, a type that is
+    not an event type (or ``policy_set``), an empty value (the general path tells an
+    empty field from an absent one; ``NULL ''`` does not), fields that are not bytes.
+    """
+    lines: list[bytes] = []
+    append = lines.append
+    types: set[bytes] = set()
+    add_type = types.add
+    try:
+        for partition, stream_id, fields in entries:
+            if fields is None:
+                return None
+            kind = fields.get(b"t")
+            if (
+                kind not in _STAGED_TYPES
+                or b"id" not in fields
+                or b"ts" not in fields
+                or b"" in fields.values()
+            ):
+                return None
+            add_type(kind)
+            row = b"\t".join(map(fields.get, _STAGE_KEYS, _ABSENT))
+            if b"\\" in row or b"\n" in row or b"\r" in row or row.count(b"\t") != _TABS:
+                row = b"\t".join(_copy_escape(v) for v in map(fields.get, _STAGE_KEYS, _ABSENT))
+            append(b"%d\t%s\t%s\n" % (partition, stream_id.replace("-", "\t", 1).encode(), row))
+    except (TypeError, AttributeError):  # not bytes: a decoding client, or not an event
+        return None
+    return Staged(b"".join(lines), len(lines), frozenset(types))

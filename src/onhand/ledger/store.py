@@ -12,14 +12,15 @@ and was not fenced) — :class:`ApplyResult` reports those, they are never overw
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
 from onhand.domain import STATUS_RANK, ReservationStatus
-from onhand.ledger.rows import MOVEMENT_COLUMNS, Batch
+from onhand.events import EventType
+from onhand.ledger.rows import MOVEMENT_COLUMNS, STAGE_COLUMNS, Batch, Staged
 
 __all__ = ["ApplyResult", "LedgerStore"]
 
@@ -108,6 +109,233 @@ WHERE (stream_positions.stream_ms, stream_positions.stream_seq)
 """
 
 
+# -- the writer's fast path: every row and projection derived from the staging table ----
+# ``tmp_stream_entries`` holds the stream fields as they are on the stream (NULL: absent).
+# Each statement below gives exactly what ``build_batch`` + ``_apply`` give for the same
+# entries: the same defaults (an absent number is 0, ``line`` -1), the same NULLs in
+# ``movements``, the same winners where several events of a batch touch one row (highest
+# version / rank, the earliest entry on ties; the latest allocation), the same guards.
+_STAGE_TYPES = {
+    "partition": "smallint",
+    "stream_ms": "bigint",
+    "stream_seq": "bigint",
+    "event_id": "text",
+    "type": "text",
+    "at_ms": "bigint",
+    "sku": "text",
+    "warehouse": "text",
+    "d_on_hand": "bigint",
+    "d_held": "bigint",
+    "d_committed": "bigint",
+    "on_hand": "bigint",
+    "held": "bigint",
+    "committed": "bigint",
+    "safety_stock": "bigint",
+    "version": "bigint",
+    "low": "bigint",
+    "beyond": "bigint",
+    "reservation_id": "text",
+    "line": "integer",
+    "deadline_ms": "bigint",
+    "max_deadline_ms": "bigint",
+    "fingerprint": "text",
+    "owner": "text",
+    "reason": "text",
+    "reference": "text",
+    "actor": "text",
+    "policy": "text",
+}
+_STAGE_TABLE = "tmp_stream_entries"
+# ON COMMIT DELETE ROWS: empty at the start of every transaction (a rollback removes
+# what it copied), without a TRUNCATE (a new file and a catalog update) per batch
+_STAGE = (
+    f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE_TABLE} ("
+    + ", ".join(f"{c} {_STAGE_TYPES[c]}" for c in STAGE_COLUMNS)
+    + ") ON COMMIT DELETE ROWS"
+)
+_NO_LEVELS_SQL = "('policy_set', 'extended')"  # rows.py: _NO_LEVELS
+_ORDER = "partition, stream_ms, stream_seq"  # the order the writer read them in
+_C = 'COLLATE "C"'  # grouping keys only need equality: sort them bytewise (cheaper)
+_STAGED_MOVEMENTS = f"""
+INSERT INTO movements ({_COLS})
+SELECT event_id, partition, stream_ms, stream_seq, type, at_ms, coalesce(sku, ''), warehouse,
+    coalesce(d_on_hand, 0), coalesce(d_held, 0), coalesce(d_committed, 0),
+    CASE WHEN lv THEN coalesce(on_hand, 0) END, CASE WHEN lv THEN coalesce(held, 0) END,
+    CASE WHEN lv THEN coalesce(committed, 0) END,
+    CASE WHEN lv THEN coalesce(safety_stock, 0) END, coalesce(version, 0),
+    CASE WHEN lv THEN coalesce(low, 0) <> 0 END, CASE WHEN lv THEN coalesce(beyond, 0) END,
+    reservation_id, CASE WHEN line >= 0 THEN line END, nullif(deadline_ms, 0),
+    nullif(max_deadline_ms, 0), fingerprint, owner, reason, reference, actor, policy
+FROM (SELECT *, type NOT IN {_NO_LEVELS_SQL} AS lv FROM {_STAGE_TABLE}) s
+ON CONFLICT (event_id) DO NOTHING
+"""
+_STAGED_DIVERGENT = _DIVERGENT.replace("tmp_movements", _STAGE_TABLE)
+_STAGED_LEVELS = f"""
+INSERT INTO stock_levels
+    (sku, warehouse, on_hand, held, committed, safety_stock, version, low, updated_ms)
+SELECT DISTINCT ON (sku {_C}, warehouse {_C}) sku, warehouse, on_hand, held, committed,
+    safety_stock, version, low, updated_ms
+FROM (
+    SELECT coalesce(sku, '') AS sku, coalesce(warehouse, '') AS warehouse,
+        coalesce(on_hand, 0) AS on_hand, coalesce(held, 0) AS held,
+        coalesce(committed, 0) AS committed, coalesce(safety_stock, 0) AS safety_stock,
+        coalesce(version, 0) AS version, coalesce(low, 0) <> 0 AS low, at_ms AS updated_ms,
+        {_ORDER}
+    FROM {_STAGE_TABLE}
+    WHERE type NOT IN ('policy_set', 'extended', 'low_stock')
+) s
+ORDER BY sku {_C}, warehouse {_C}, version DESC, {_ORDER}
+ON CONFLICT (sku, warehouse) DO UPDATE SET
+    on_hand = EXCLUDED.on_hand, held = EXCLUDED.held, committed = EXCLUDED.committed,
+    safety_stock = EXCLUDED.safety_stock, version = EXCLUDED.version, low = EXCLUDED.low,
+    updated_ms = EXCLUDED.updated_ms
+WHERE stock_levels.version < EXCLUDED.version
+"""
+_RESOLUTIONS_SQL = ", ".join(
+    f"('{t.value}', '{s.value}', {STATUS_RANK[s]})"
+    for t, s in (
+        (EventType.CONFIRMED, ReservationStatus.CONFIRMED),
+        (EventType.RELEASED, ReservationStatus.RELEASED),
+        (EventType.EXPIRED, ReservationStatus.EXPIRED),
+        (EventType.FULFILLED, ReservationStatus.FULFILLED),
+        (EventType.CANCELLED, ReservationStatus.CANCELLED),
+    )
+)
+RESOLUTION_TYPES = frozenset(
+    t.value.encode()
+    for t in (
+        EventType.CONFIRMED,
+        EventType.RELEASED,
+        EventType.EXPIRED,
+        EventType.FULFILLED,
+        EventType.CANCELLED,
+    )
+)
+_STAGED_STATUS_CTE = f"""
+st AS (
+    SELECT DISTINCT ON (id {_C}) id, status, rank, at
+    FROM (
+        SELECT coalesce(s.reservation_id, '') AS id, r.status, r.rank, s.at_ms AS at,
+            s.partition, s.stream_ms, s.stream_seq
+        FROM {_STAGE_TABLE} s JOIN (VALUES {_RESOLUTIONS_SQL}) AS r(type, status, rank)
+            ON s.type = r.type
+    ) u
+    ORDER BY id {_C}, rank DESC, {_ORDER}
+)"""
+_STAGED_STATUSES_UPDATE = """
+UPDATE reservations r
+SET status = st.status, status_rank = st.rank, updated_ms = GREATEST(r.updated_ms, st.at)
+FROM st WHERE r.reservation_id = st.id AND r.status_rank < st.rank
+"""
+# A reservation created and resolved in the batch is inserted in its final status; where
+# it already existed the INSERT does nothing and the status goes through the guarded
+# UPDATE that follows (a separate statement, so it sees a row another transaction
+# committed while the INSERT waited for it). On the rows the INSERT added the UPDATE
+# finds their rank already reached and changes nothing — as in ``_apply``.
+_STAGED_RESERVATIONS = f"""
+WITH c AS (
+    SELECT DISTINCT ON (id {_C}) id, own, fp, cr, dl, cap
+    FROM (
+        SELECT coalesce(reservation_id, '') AS id, coalesce(owner, '') AS own,
+            coalesce(fingerprint, '') AS fp, at_ms AS cr, coalesce(deadline_ms, 0) AS dl,
+            coalesce(max_deadline_ms, 0) AS cap, {_ORDER}
+        FROM {_STAGE_TABLE} WHERE type = 'reserved'
+    ) u
+    ORDER BY id {_C}, {_ORDER}
+), {_STAGED_STATUS_CTE.strip()}
+INSERT INTO reservations (reservation_id, status, status_rank, owner, fingerprint,
+                          created_ms, deadline_ms, max_deadline_ms, extensions, updated_ms)
+SELECT c.id, coalesce(st.status, 'pending'), coalesce(st.rank, 0), c.own, c.fp, c.cr,
+    c.dl, c.cap, 0, GREATEST(coalesce(st.at, c.cr), c.cr)
+FROM c LEFT JOIN st USING (id)
+ORDER BY c.id {_C}
+ON CONFLICT (reservation_id) DO NOTHING
+"""
+_STAGED_STATUSES = f"WITH {_STAGED_STATUS_CTE.strip()}\n{_STAGED_STATUSES_UPDATE}"
+_STAGED_ALLOCATIONS = f"""
+INSERT INTO reservation_allocations (reservation_id, line, warehouse, sku, qty)
+SELECT DISTINCT ON (id {_C}, ln, wh {_C}) id, ln, wh, sku, qty
+FROM (
+    SELECT coalesce(reservation_id, '') AS id, coalesce(line, -1) AS ln,
+        coalesce(warehouse, '') AS wh, coalesce(sku, '') AS sku, coalesce(d_held, 0) AS qty,
+        {_ORDER}
+    FROM {_STAGE_TABLE} WHERE type = 'reserved'
+) u
+ORDER BY id {_C}, ln, wh {_C}, partition DESC, stream_ms DESC, stream_seq DESC
+ON CONFLICT DO NOTHING
+"""
+_STAGED_EXTENSIONS = f"""
+UPDATE reservations r
+SET deadline_ms = u.dl, extensions = u.n, updated_ms = GREATEST(r.updated_ms, u.at)
+FROM (
+    SELECT DISTINCT ON (id {_C}) id, n, dl, at
+    FROM (
+        SELECT coalesce(reservation_id, '') AS id, coalesce(version, 0)::int AS n,
+            coalesce(deadline_ms, 0) AS dl, at_ms AS at, {_ORDER}
+        FROM {_STAGE_TABLE} WHERE type = 'extended'
+    ) e
+    ORDER BY id {_C}, n DESC, {_ORDER}
+) u
+WHERE r.reservation_id = u.id AND r.extensions < u.n
+"""
+_STAGED_MARKS = f"""
+WITH m AS (
+    SELECT DISTINCT ON (partition) partition, stream_ms, stream_seq
+    FROM {_STAGE_TABLE} ORDER BY partition, stream_ms DESC, stream_seq DESC
+), w AS (
+    INSERT INTO stream_watermarks (partition, stream_ms, stream_seq) SELECT * FROM m
+    ON CONFLICT (partition) DO UPDATE SET
+        stream_ms = EXCLUDED.stream_ms, stream_seq = EXCLUDED.stream_seq, updated_at = now()
+    WHERE (stream_watermarks.stream_ms, stream_watermarks.stream_seq)
+        < (EXCLUDED.stream_ms, EXCLUDED.stream_seq)
+)
+INSERT INTO stream_positions (partition, stream_ms, stream_seq) SELECT * FROM m
+ON CONFLICT (partition) DO UPDATE SET
+    stream_ms = EXCLUDED.stream_ms, stream_seq = EXCLUDED.stream_seq
+WHERE (stream_positions.stream_ms, stream_positions.stream_seq)
+    < (EXCLUDED.stream_ms, EXCLUDED.stream_seq)
+"""
+_LEVEL_TYPES = frozenset(
+    t.value.encode()
+    for t in EventType
+    if t not in (EventType.POLICY_SET, EventType.EXTENDED, EventType.LOW_STOCK)
+)
+
+
+RESERVATIONS_LOCK = "SELECT pg_advisory_xact_lock(7283459120147)"
+"""Taken (until COMMIT) before a writer transaction touches ``reservations``. The writer
+applies partition groups in concurrent transactions, and a reservation with lines in
+several groups is updated by each: without one order for those row locks, two groups
+could deadlock. Everything else a group writes is its own (records, movements and
+watermarks live in one partition), so only this tail of the transactions is serial."""
+
+
+def _staged_scripts(types: frozenset[bytes]) -> tuple[str, str]:
+    """The statements a staged batch needs (by the event types in it), as two scripts:
+    the first ends with the movements insert (its status is the script's); the second,
+    empty if the batch touches no reservation, starts with :data:`RESERVATIONS_LOCK`."""
+    first = []
+    if types & _LEVEL_TYPES:
+        first.append(_STAGED_LEVELS)
+    if b"reserved" in types:
+        first.append(_STAGED_ALLOCATIONS)
+    first += [_STAGED_MARKS, _STAGED_MOVEMENTS]
+    second = []
+    if b"reserved" in types:
+        second.append(_STAGED_RESERVATIONS)
+    if types & RESOLUTION_TYPES:
+        second.append(_STAGED_STATUSES)
+    if b"extended" in types:
+        second.append(_STAGED_EXTENSIONS)
+    if second:
+        second.insert(0, RESERVATIONS_LOCK)
+    return ";".join(p.strip() for p in first), ";".join(p.strip() for p in second)
+
+
+async def _once(payload: bytes) -> AsyncIterator[bytes]:
+    yield payload
+
+
 @dataclass(frozen=True, slots=True)
 class ApplyResult:
     inserted: int
@@ -137,13 +365,43 @@ class LedgerStore:
     async def close(self) -> None:
         await self.pool.close()
 
-    async def apply(self, batch: Batch) -> ApplyResult:
-        """Apply ``batch`` in one transaction (see the module docstring)."""
+    async def apply(self, batch: Batch, *, lock_reservations: bool = False) -> ApplyResult:
+        """Apply ``batch`` in one transaction (see the module docstring).
+
+        ``lock_reservations``: take :data:`RESERVATIONS_LOCK` before the reservation
+        statements (the writer, which runs transactions concurrently)."""
         async with self.pool.acquire() as conn, conn.transaction():
-            return await self._apply(conn, batch)
+            return await self._apply(conn, batch, lock_reservations=lock_reservations)
+
+    async def apply_staged(self, staged: Staged) -> ApplyResult:
+        """Apply the writer's staged entries in one transaction: ``COPY`` them into the
+        staging table, then one script derives the movements and every projection from
+        it. Same contract (and same rows) as :meth:`apply` of ``build_batch`` of them."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(_STAGE)
+            await conn.copy_to_table(
+                _STAGE_TABLE,
+                source=_once(staged.payload),  # (bytes would be taken for a path)
+                columns=STAGE_COLUMNS,
+                format="text",
+                null="",
+            )
+            own, shared = _staged_scripts(staged.types)
+            status = await conn.execute(own)
+            inserted = int(status.rsplit(" ", 1)[1])
+            divergent: tuple[str, ...] = ()
+            if inserted < staged.count:
+                divergent = tuple(r[0] for r in await conn.fetch(_STAGED_DIVERGENT))
+            if shared:
+                await conn.execute(shared)
+            return ApplyResult(inserted, staged.count - inserted, divergent)
 
     async def _apply(
-        self, conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy, batch: Batch
+        self,
+        conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
+        batch: Batch,
+        *,
+        lock_reservations: bool = False,
     ) -> ApplyResult:
         divergent: tuple[str, ...] = ()
         inserted = 0
@@ -170,10 +428,14 @@ class LedgerStore:
                     bool(e.low),
                     e.at_ms,
                 )
-                for e in batch.levels.values()
+                # Sorted: every writer of stock_levels locks rows in (sku, warehouse)
+                # order, so concurrent transactions cannot deadlock on them.
+                for e in sorted(batch.levels.values(), key=lambda e: (e.sku, e.warehouse))
             ]
             await conn.execute(_LEVELS, *_columns(levels, 9))
         statuses_left = dict(batch.statuses)
+        if lock_reservations and (batch.created or statuses_left or batch.extensions):
+            await conn.execute(RESERVATIONS_LOCK)
         if batch.created:
             # A reservation created and resolved in the same batch is inserted with its
             # final status (one write instead of an insert and an update). Where the row

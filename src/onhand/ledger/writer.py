@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 from redis.asyncio import Redis
+from redis.client import NEVER_DECODE
 from redis.exceptions import RedisError, ResponseError
 
 from onhand.engine.redis import RedisEngine
@@ -44,8 +45,8 @@ from onhand.events import Event
 from onhand.keys import Keys
 from onhand.ledger.fencing import Verdict, verify_and_reopen
 from onhand.ledger.metrics import WriterMetrics
-from onhand.ledger.rows import build_batch, parse_stream_id
-from onhand.ledger.store import LedgerStore
+from onhand.ledger.rows import Staged, build_batch, parse_stream_id, stage_entries
+from onhand.ledger.store import ApplyResult, LedgerStore
 
 __all__ = ["StreamWriter"]
 
@@ -80,6 +81,28 @@ class _Entry:
         return {_s(k): _s(v) for k, v in (self.fields or {}).items()}
 
 
+@dataclass(slots=True)
+class _Part:
+    """The entries of one group of partitions; ``staged``: their COPY rows when every one
+    of them can take the fast path (:func:`stage_entries`), else ``None``."""
+
+    entries: list[_Entry]
+    staged: Staged | None
+
+
+def _pairs(flat: list[Any]) -> dict[bytes, bytes]:
+    """A stream entry's flat ``[field, value, …]`` reply as a dict (later fields win)."""
+    it = iter(flat)
+    return dict(zip(it, it, strict=False))
+
+
+def _stream_replies(reply: Any) -> Any:
+    """``[[stream, entries], …]`` of an XREADGROUP reply, RESP2 (list) or RESP3 (map)."""
+    if not reply:
+        return ()
+    return reply.items() if isinstance(reply, dict) else reply
+
+
 async def _settle(task: asyncio.Task[None] | None) -> asyncio.Task[None] | None:
     """Wait for the batch in flight (if any); the result is the new (empty) slot."""
     if task is not None:
@@ -110,6 +133,7 @@ class StreamWriter:
         burst: bool = False,
         metrics: WriterMetrics | None = None,
         engine: RedisEngine | None = None,
+        parallel: int = 2,
     ) -> None:
         self.redis = redis
         self.store = store
@@ -126,12 +150,21 @@ class StreamWriter:
         self.engine = engine
         self.verdict: Verdict | None = None
         self.streams = keys.all_streams()
+        # Partitions are applied in ``parallel`` groups (partition mod parallel), each in
+        # its own transaction on its own connection: a group's stock records, movements
+        # and watermarks are its own; reservations spanning groups only move forward.
+        self.parallel = max(1, min(parallel, keys.partitions))
         self.written = 0
         self.lost = 0
         self.dead_lettered = 0
         self.divergent: list[str] = []
         self._stop = asyncio.Event()
         self._backoff_s = 0.05
+        # The same connections without redis-py's reply parsing for the two stream reads:
+        # entries arrive as flat lists of bytes, made into one dict each, nothing else.
+        self._raw = Redis(connection_pool=redis.connection_pool)
+        for command in ("XREADGROUP", "XAUTOCLAIM"):
+            self._raw.response_callbacks.pop(command, None)
 
     # -- lifecycle -----------------------------------------------------------------------
     def close(self) -> None:
@@ -164,8 +197,9 @@ class StreamWriter:
 
     async def main(self) -> None:
         """Run the loop (module docstring). One batch is committed while the next is read
-        and parsed, so Redis reads and Postgres commits overlap; acknowledgements still
-        follow their own batch's commit."""
+        and staged, so Redis reads, Python work and Postgres commits overlap;
+        acknowledgements still follow their own batch's commit, and batches commit one at
+        a time, in the order they were read."""
         await self._retry_redis(self.setup)
         await self._drain(own_pending=True)
         next_claim = next_trim = 0.0
@@ -179,9 +213,10 @@ class StreamWriter:
                     claimed = await self._retry_redis(self._claim)
                     next_claim = now + self.claim_idle_ms / 2000
                 read = await self._retry_redis(lambda: self._read(">", block=not self.burst))
+                parts = self._prepare(read) if read else None
                 inflight = await _settle(inflight)
-                if read:
-                    inflight = asyncio.create_task(self._process(read))
+                if parts is not None:
+                    inflight = asyncio.create_task(self._apply(parts))
                 if now >= next_trim or (self.burst and not read):
                     inflight = await _settle(inflight)
                     await self._retry_redis(self.trim)
@@ -209,19 +244,23 @@ class StreamWriter:
                 delay = min(delay * 2, 5.0)
 
     async def _read(self, start: str, *, block: bool) -> list[_Entry]:
-        reply: Any = await self.redis.xreadgroup(
-            self.group,
-            self.consumer,
-            dict.fromkeys(self.streams, start),
-            count=max(1, self.batch // len(self.streams)),
-            block=self.block_ms if block else None,
+        args: list[Any] = ["GROUP", self.group, self.consumer]
+        args += ["COUNT", max(1, self.batch // len(self.streams))]
+        if block:
+            args += ["BLOCK", self.block_ms]
+        args += ["STREAMS", *self.streams, *[start] * len(self.streams)]
+        reply = await self._raw.execute_command(  # type: ignore[no-untyped-call]
+            "XREADGROUP", *args, **{NEVER_DECODE: True}
         )
         entries: list[_Entry] = []
-        for stream_raw, items in reply or []:
+        append = entries.append
+        for stream_raw, items in _stream_replies(reply):
             stream = _s(stream_raw)
             partition = self.keys.stream_partition(stream)
-            for stream_id, fields in items:
-                entries.append(_Entry(partition, stream, _s(stream_id), fields or None))
+            for stream_id, flat in items:
+                append(
+                    _Entry(partition, stream, stream_id.decode(), _pairs(flat) if flat else None)
+                )
         return entries
 
     async def _drain(self, *, own_pending: bool) -> None:
@@ -254,15 +293,25 @@ class StreamWriter:
             partition = self.keys.stream_partition(stream)
             cursor = "0-0"
             for _ in range(100):  # bounded: XAUTOCLAIM scans at most COUNT*10 per call
-                reply = await self.redis.xautoclaim(
-                    stream, self.group, self.consumer, self.claim_idle_ms, cursor, count=self.batch
+                reply = await self._raw.execute_command(  # type: ignore[no-untyped-call]
+                    "XAUTOCLAIM",
+                    stream,
+                    self.group,
+                    self.consumer,
+                    self.claim_idle_ms,
+                    cursor,
+                    "COUNT",
+                    self.batch,
+                    **{NEVER_DECODE: True},
                 )
                 cursor = _s(reply[0])
                 items = reply[1]
                 deleted = [_s(d) for d in (reply[2] if len(reply) > 2 else [])]
                 if deleted:
                     await self._lost(partition, stream, deleted, ack=False)
-                entries = [_Entry(partition, stream, _s(i), f or None) for i, f in items]
+                entries = [
+                    _Entry(partition, stream, _s(i), _pairs(f) if f else None) for i, f in items
+                ]
                 if entries:
                     claimed += len(entries)
                     await self._process(entries)
@@ -309,8 +358,56 @@ class StreamWriter:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
+    def _prepare(self, entries: list[_Entry]) -> list[_Part]:
+        """Split ``entries`` into partition groups and stage each (CPU only, no I/O)."""
+        groups: list[list[_Entry]] = [[] for _ in range(self.parallel)]
+        n = self.parallel
+        for e in entries:
+            groups[e.partition % n].append(e)
+        return [
+            _Part(g, stage_entries((e.partition, e.stream_id, e.fields) for e in g))
+            for g in groups
+            if g
+        ]
+
     async def _process(self, entries: list[_Entry]) -> None:
-        """Persist ``entries`` (one transaction), then acknowledge them."""
+        """Persist ``entries`` (one transaction per partition group), then acknowledge."""
+        await self._apply(self._prepare(entries))
+
+    async def _apply(self, parts: list[_Part]) -> None:
+        """Apply the groups concurrently; each is acknowledged after its own commit. An
+        error is raised once every group has finished (none is left running)."""
+        if len(parts) == 1:
+            return await self._apply_part(parts[0])
+        results = await asyncio.gather(*map(self._apply_part, parts), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async def _apply_part(self, part: _Part) -> None:
+        """The fast path if the part has one and Postgres takes it; else the general
+        path, which isolates whatever Postgres (or parsing) refuses."""
+        if part.staged is not None and await self._commit_staged(part.entries, part.staged):
+            return
+        await self._process_events(part.entries)
+
+    async def _commit_staged(self, entries: list[_Entry], staged: Staged) -> bool:
+        started = time.perf_counter()
+        try:
+            result = await self._retry_pg(lambda: self.store.apply_staged(staged))
+        except DATA_ERRORS as exc:  # nothing committed: the general path finds the culprit
+            logger.warning(
+                "writer: staged batch of %d refused (%s); parsing it event by event",
+                staged.count,
+                exc,
+            )
+            return False
+        await self._committed(result, staged.count, started, entries)
+        return True
+
+    async def _process_events(self, entries: list[_Entry]) -> None:
+        """The general path: parse each entry into an :class:`Event` (dead-lettering the
+        unparsable ones), fold them with :func:`build_batch`, apply in one transaction."""
         gone = defaultdict(list)
         parsed: list[tuple[_Entry, Event]] = []
         poison: list[tuple[_Entry, str]] = []
@@ -333,14 +430,20 @@ class StreamWriter:
         batch = build_batch([(e.partition, e.stream_id, ev) for e, ev in parsed])
         started = time.perf_counter()
         try:
-            result = await self._retry_pg(lambda: self.store.apply(batch))
+            result = await self._retry_pg(lambda: self.store.apply(batch, lock_reservations=True))
         except DATA_ERRORS as exc:  # the data, not the connection: isolate the event
             logger.warning("writer: batch of %d failed (%s); applying one by one", len(batch), exc)
             for entry, event in parsed:
                 await self._commit_one(entry, event)
             return
+        await self._committed(result, len(batch), started, [e for e, _ in parsed])
+
+    async def _committed(
+        self, result: ApplyResult, size: int, started: float, entries: list[_Entry]
+    ) -> None:
+        """Account for a committed batch, fence on divergence, then acknowledge it."""
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
-        self.metrics.batch_size.observe(len(batch))
+        self.metrics.batch_size.observe(size)
         self.metrics.batches.inc()
         self.metrics.events.inc(result.inserted)
         self.metrics.duplicates.inc(result.duplicates)
@@ -350,13 +453,15 @@ class StreamWriter:
             self._divergent(result.divergent)
             if self.engine is not None:
                 await self._retry_redis(self.engine.fence)
-        await self._ack([e for e, _ in parsed])
+        await self._ack(entries)
 
     async def _commit_one(self, entry: _Entry, event: Event) -> None:
         batch = build_batch([(entry.partition, entry.stream_id, event)])
         for attempt in range(1, self.max_attempts + 1):
             try:
-                result = await self._retry_pg(lambda: self.store.apply(batch))
+                result = await self._retry_pg(
+                    lambda: self.store.apply(batch, lock_reservations=True)
+                )
             except DATA_ERRORS as exc:
                 if attempt == self.max_attempts:
                     await self._dead_letter(entry, repr(exc), attempt)
@@ -404,14 +509,16 @@ class StreamWriter:
         by_stream: dict[str, list[str]] = defaultdict(list)
         for e in entries:
             by_stream[e.stream].append(e.stream_id)
-        for stream, ids in by_stream.items():
-            # Already committed: if this fails the entries are delivered again and the
-            # ledger ignores the duplicates.
-            await self._retry_redis(self._acker(stream, ids))
+        # Already committed: if this fails the entries are delivered again and the ledger
+        # ignores the duplicates. One round trip for every stream (XACK is idempotent).
+        await self._retry_redis(self._acker(by_stream))
 
-    def _acker(self, stream: str, ids: list[str]) -> Callable[[], Awaitable[int]]:
+    def _acker(self, by_stream: dict[str, list[str]]) -> Callable[[], Awaitable[int]]:
         async def ack() -> int:
-            return int(await self.redis.xack(stream, self.group, *ids))
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for stream, ids in by_stream.items():
+                    pipe.xack(stream, self.group, *ids)
+                return sum(int(n) for n in await pipe.execute())
 
         return ack
 
