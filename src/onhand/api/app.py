@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from onhand import __version__
 from onhand.api.apikeys import KeyStore
+from onhand.api.bodies import read_body, replaying
 from onhand.api.fastpath import ReservationFastPath
 from onhand.api.idempotency import Idempotency
 from onhand.api.metrics import ApiMetrics
@@ -34,11 +35,12 @@ from onhand.api.problems import Problem, from_engine_error, problem_response
 from onhand.api.routes import admin, availability, catalog, ledger, ops, reservations, stock
 from onhand.api.services import Services
 from onhand.catalog import WarehouseCatalog
-from onhand.engine.redis import RedisEngine, connect
+from onhand.engine.redis import connect
 from onhand.errors import OnhandError
 from onhand.ledger.barrier import DurableConfirms
 from onhand.ledger.migrate import asyncpg_dsn
 from onhand.ledger.store import LedgerStore
+from onhand.runtime import engine_for
 from onhand.settings import Settings
 
 __all__ = ["create_app"]
@@ -72,26 +74,14 @@ class BodyLimit:
             await self.app(scope, receive, send)  # the server holds it to its length
             return
         # A streamed (chunked) body: read it up to the limit before the app sees it.
-        body, more = b"", True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client went away
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-            if len(body) > self.limit:
-                await self._reject(scope, receive, send)
-                return
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        read = await read_body(receive, self.limit)
+        if read is None:
+            return  # the client went away
+        body, _ = read
+        if len(body) > self.limit:
+            await self._reject(scope, receive, send)
+            return
+        await self.app(scope, replaying(receive, body), send)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
         problem = Problem(
@@ -174,14 +164,7 @@ def _install_errors(app: FastAPI) -> None:
 
 async def open_services(settings: Settings) -> Services:
     client = connect(settings.require_redis_url(), max_connections=256)
-    engine = RedisEngine(
-        client,
-        namespace=settings.namespace,
-        partitions=settings.partitions,
-        max_hold_lifetime_ms=settings.max_hold_lifetime_ms,
-        retention_ms=settings.retention_ms,
-        coalesce=True,
-    )
+    engine = engine_for(settings, client, coalesce=True)
     try:
         store = await LedgerStore.open(
             asyncpg_dsn(settings.require_database_url()), min_size=1, max_size=8

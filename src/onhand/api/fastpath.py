@@ -15,8 +15,9 @@ from __future__ import annotations
 import time
 
 from pydantic import ValidationError
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from onhand.api.bodies import read_body, replaying
 from onhand.api.problems import Problem, from_engine_error, problem_response
 from onhand.api.routes.reservations import create
 from onhand.api.schemas import ReservationCreate
@@ -63,17 +64,13 @@ class ReservationFastPath:
         if oversize:
             await self.app(scope, receive, send)  # BodyLimit answers 413
             return
-        body = b""
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client went away
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-            if len(body) > self.limit:
-                await self._delegate(scope, receive, send, body, more)
-                return
+        read = await read_body(receive, self.limit)
+        if read is None:
+            return  # the client went away
+        body, more = read
+        if len(body) > self.limit:
+            await self._delegate(scope, receive, send, body, more)
+            return
         services: Services | None = getattr(self.state, "services", None)
         if services is None or not json_body or idem is None or auth is None:
             await self._delegate(scope, receive, send, body, False)
@@ -106,13 +103,4 @@ class ReservationFastPath:
         self, scope: Scope, receive: Receive, send: Send, body: bytes, more: bool
     ) -> None:
         """Hand the request to the app, replaying the body already read."""
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": more}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replaying(receive, body, more), send)
