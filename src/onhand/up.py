@@ -88,7 +88,7 @@ def run_all(settings: Settings, *, data_dir: Path, console: Console) -> int:
         )
         console.print(f"[bold]onhand is up:[/bold] http://{host}:{port}  (docs: /docs)")
         if token:
-            console.print("admin key (shown once, also in ", str(data_dir / "admin-key"), "):")
+            console.print(f"admin key (shown once; also in {data_dir / 'admin-key'}):")
             print(token, flush=True)
         else:
             console.print(f"admin key: see {data_dir / 'admin-key'} or `onhand keys create`")
