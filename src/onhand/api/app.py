@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import importlib
 import time
 from collections.abc import AsyncIterator
@@ -231,8 +232,11 @@ class OnhandApp(FastAPI):
         await super().__call__(scope, receive, send)
 
 
-def create_app(settings: Settings, *, services: Services | None = None) -> FastAPI:
-    """Build the API. ``services`` (tests) replaces what the lifespan would open."""
+def create_app(
+    settings: Settings, *, services: Services | None = None, freeze_gc: bool = False
+) -> FastAPI:
+    """Build the API. ``services`` (tests) replaces what the lifespan would open;
+    ``freeze_gc`` (servers, not tests) freezes the startup heap for the collector."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -249,6 +253,11 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
                 await close_services(svc)
             raise
         task = asyncio.create_task(observe(svc, app.state))
+        if freeze_gc:
+            # A server process: what exists now lives as long as the process; keep it
+            # out of the cyclic collector's generations (shorter collections later).
+            gc.collect()
+            gc.freeze()
         try:
             yield
         finally:
@@ -265,7 +274,8 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
         redoc_url=None,
     )
     _install_errors(app)
-    for module in (reservations, availability, stock, catalog, ledger, admin, ops):
+    # Probes first: they are matched on every scrape and must not walk every route.
+    for module in (ops, reservations, availability, stock, catalog, ledger, admin):
         app.include_router(module.router)
     _docs(app)
     app.add_middleware(RequestMetrics)

@@ -12,4 +12,4 @@ __all__ = ["app_from_env"]
 
 def app_from_env() -> FastAPI:
     """The app with settings read from ``ONHAND_*`` now (each worker calls this once)."""
-    return create_app(Settings())
+    return create_app(Settings(), freeze_gc=True)

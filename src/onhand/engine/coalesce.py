@@ -36,11 +36,17 @@ class Coalescer:
         self._queue: list[_Call] = []
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.pipelines = 0
         self.calls = 0
 
     async def call(self, script: AsyncScript, keys: Sequence[str], args: Sequence[str]) -> Any:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        # One loop per coalescer (the client's connections belong to it anyway); looked
+        # up once, because get_running_loop() costs a getpid() syscall on Python 3.11.
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
         self._queue.append((script, keys, args, future))
         self._kick()
         return await future
@@ -50,7 +56,7 @@ class Coalescer:
             batch = self._queue[: self.max_batch]
             del self._queue[: self.max_batch]
             self._in_flight += 1
-            task = asyncio.get_running_loop().create_task(self._send(batch))
+            task = self._loop.create_task(self._send(batch))  # type: ignore[union-attr]
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
