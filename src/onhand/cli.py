@@ -261,6 +261,7 @@ def serve(
         http="httptools",
         access_log=False,
         server_header=False,
+        lifespan="on",  # a failed startup stops the server instead of serving without it
     )
 
 

@@ -99,6 +99,8 @@ BASE: dict[str, Callable[[World], tuple[list[str], list[str]]]] = {
     "admit": lambda w: ([w.k.client_holds("c1")], ["0", "add", w.fresh, "60000", "10"]),
     "idempotency": lambda w: (
         [w.k.idempotency("c1", "ab" * 32)], ["0", "begin", "fp", "token", "60000"]),
+    "read": lambda w: (
+        [w.k.sku_ready(w.a), w.k.sku(w.a), w.k.warehouses(w.a)], ["0", "1", "hs", "2", "bo", "po"]),
 }  # fmt: skip
 
 # script -> {ARGV index: kind}; kinds are ("int", lo, hi), "id", "opt_id", "text", "flag", "fp".
@@ -129,6 +131,7 @@ SLOTS: dict[str, dict[int, Kind]] = {
     "digest": {3: ("int", 1, 64)},
     "admit": {3: "id", 4: TTL, 5: QTY},
     "idempotency": {3: "text", 4: "text", 5: TTL},
+    "read": {2: ("int", 0, 16384), 4: ("int", 0, 64)},
 }  # fmt: skip
 
 

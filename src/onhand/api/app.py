@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import gc
 import importlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,7 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from onhand import __version__
 from onhand.api.apikeys import KeyStore
 from onhand.api.bodies import read_body, replaying
-from onhand.api.fastpath import ReservationFastPath
+from onhand.api.fastpath import AvailabilityFastPath, ReservationFastPath
 from onhand.api.idempotency import Idempotency
 from onhand.api.metrics import ApiMetrics
 from onhand.api.observer import observe
@@ -45,6 +46,8 @@ from onhand.runtime import engine_for
 from onhand.settings import Settings
 
 __all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
 
 DESCRIPTION = """Hold stock for orders at checkout speed; read availability; receive,
 adjust, count and transfer stock; browse the ledger. Authenticate with
@@ -154,6 +157,7 @@ def _install_errors(app: FastAPI) -> None:
         return problem_response(problem, request)
 
     async def on_crash(request: Request, exc: Exception) -> Response:
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         return problem_response(Problem(500, "internal", "Internal error"), request)
 
     app.add_exception_handler(Problem, on_problem)
@@ -211,7 +215,7 @@ def _docs(app: FastAPI) -> None:
 
 
 class OnhandApp(FastAPI):
-    """FastAPI with the reservation fast path in front of Starlette's middleware stack.
+    """FastAPI with the two fast paths in front of Starlette's middleware stack.
 
     ``POST /v1/reservations`` goes to :class:`~onhand.api.fastpath.ReservationFastPath`
     first; everything else (and every request the fast path declines) takes the
@@ -219,12 +223,18 @@ class OnhandApp(FastAPI):
     """
 
     fast_path: ReservationFastPath | None = None
+    read_path: AvailabilityFastPath | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         fast = self.fast_path
         if fast is not None and fast.matches(scope):
             scope["app"] = self
             await fast(scope, receive, send)
+            return
+        read = self.read_path
+        if read is not None and read.matches(scope):
+            scope["app"] = self
+            await read(scope, receive, send)
             return
         await super().__call__(scope, receive, send)
 
@@ -281,6 +291,7 @@ def create_app(
     app.add_middleware(RequestMetrics)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.fast_path = ReservationFastPath(app.route_slowly, settings.max_body_bytes, app.state)
+    app.read_path = AvailabilityFastPath(app.route_slowly, app.state)
     return app
 
 

@@ -1,4 +1,10 @@
-"""The reservation hot path without FastAPI's routing and dependency layers.
+"""The two hot paths without FastAPI's routing and dependency layers.
+
+Single-SKU availability reads (product pages) and reservations (checkout) are what
+run at peak. :class:`AvailabilityFastPath` answers ``GET /v1/skus/{sku}/availability``
+the same way (a verified key with ``availability:read``, an allow-listed SKU id, else
+the regular route).
+
 
 ``POST /v1/reservations`` is what checkout calls at peak. This pure ASGI middleware
 answers it directly when the request is well-formed — a Bearer key that verifies and
@@ -12,6 +18,7 @@ OpenAPI entry and its validation stay the contract; this only skips work.
 
 from __future__ import annotations
 
+import re
 import time
 
 from pydantic import ValidationError
@@ -19,12 +26,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from onhand.api.bodies import read_body, replaying
 from onhand.api.problems import Problem, from_engine_error, problem_response
+from onhand.api.routes import availability
 from onhand.api.routes.reservations import create
 from onhand.api.schemas import ReservationCreate
 from onhand.api.services import Services, run_idempotent
 from onhand.errors import OnhandError
 
-__all__ = ["ReservationFastPath"]
+__all__ = ["AvailabilityFastPath", "ReservationFastPath"]
 
 PATH = "/v1/reservations"
 ROUTE_SCOPE = "reservations:write"
@@ -104,3 +112,50 @@ class ReservationFastPath:
     ) -> None:
         """Hand the request to the app, replaying the body already read."""
         await self.app(scope, replaying(receive, body, more), send)
+
+
+_AVAILABILITY = ("/v1/skus/", "/availability")
+ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+class AvailabilityFastPath:
+    """``GET /v1/skus/{sku}/availability`` for well-formed requests (module docstring)."""
+
+    def __init__(self, app: ASGIApp, state: object) -> None:
+        self.app, self.state = app, state
+
+    def matches(self, scope: Scope) -> bool:
+        if scope["type"] != "http" or scope["method"] != "GET":
+            return False  # (a lifespan scope has no path)
+        path: str = scope["path"]
+        return path.startswith(_AVAILABILITY[0]) and path.endswith(_AVAILABILITY[1])
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        path: str = scope["path"]
+        sku = path[len(_AVAILABILITY[0]) : -len(_AVAILABILITY[1])]
+        services: Services | None = getattr(self.state, "services", None)
+        auth = if_none_match = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                auth = value.decode("latin-1")
+            elif name == b"if-none-match":
+                if_none_match = value.decode("latin-1")
+        key = None
+        if services is not None and auth is not None and auth[:7] == "Bearer ":
+            key = await services.api_keys.verify(auth[7:].strip())
+        if key is None or not key.allows("availability:read") or ID.fullmatch(sku) is None:
+            await self.app(scope, receive, send)
+            return
+        assert services is not None
+        try:
+            found = await services.engine.availability(sku)
+        except OnhandError:
+            await self.app(scope, receive, send)  # the route answers the problem
+            return
+        body = availability.render(found, services.metrics)
+        response = availability.answer(body, availability.etag_of([body]), if_none_match)
+        await response(scope, receive, send)
+        route = "/v1/skus/{sku}/availability"
+        services.metrics.latency.labels(route, "GET").observe(time.perf_counter() - started)
+        services.metrics.requests.labels(route, "GET", f"{response.status_code // 100}xx").inc()

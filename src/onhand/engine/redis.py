@@ -108,6 +108,10 @@ def _level(sku: str, warehouse: str, values: Sequence[str]) -> StockLevel:
     return StockLevel(sku, warehouse, on, he, co, ss, v, values[5] == "1")
 
 
+_POLICY_FIELDS = ("bo", "po", "prel", "rp", "rq", "lt", "mlq", "bey")
+_RECORD_FIELDS = ("on", "he", "co", "ss", "v", "low")
+
+
 class RedisEngine(StockEngine):
     """:class:`StockEngine` over Redis. Scripts are registered at construction (no I/O).
 
@@ -631,47 +635,53 @@ class RedisEngine(StockEngine):
         return (await self.availability_many([sku]))[0]
 
     async def availability_many(self, skus: Sequence[str]) -> list[SkuAvailability]:
-        """:meth:`availability` of many SKUs in two round trips (same guard, same clock)."""
+        """:meth:`availability` of many SKUs: two ``read`` script calls in all (policies
+        and warehouse sets, then the records), each behind the fencing check."""
         for sku in skus:
             check_id("sku", sku)
         if not skus:
             return []
         k = self.keys
         ready = sorted({k.sku_ready(s) for s in skus})
-
-        def reads(pipe: Pipeline) -> None:
-            for key in ready[1:]:
-                pipe.get(key)
-            for sku in skus:
-                pipe.hmget(k.sku(sku), ["bo", "po", "prel", "rp", "rq", "lt", "mlq", "bey"])
-                pipe.smembers(k.warehouses(sku))
-
-        now, rest = await self._read("availability", ready[0], reads)
-        for marker in rest[: len(ready) - 1]:
-            await self._guard_read(marker, None)
-        rest = rest[len(ready) - 1 :]
-        whs = [sorted(_text(w) for w in rest[2 * i + 1]) for i in range(len(skus))]
-        try:
-            async with self.client.pipeline(transaction=False) as pipe:
-                for sku, warehouses in zip(skus, whs, strict=True):
-                    for wh in warehouses:
-                        pipe.hmget(k.stock(sku, wh), ["on", "he", "co", "ss", "v", "low"])
-                records = iter(await pipe.execute())
-        except RedisError as exc:
-            raise EngineUnavailable(f"availability: {exc}") from exc
+        keys = list(ready)
+        for sku in skus:
+            keys += (k.sku(sku), k.warehouses(sku))
+        head = [str(len(ready)), "hs" * len(skus), str(len(_POLICY_FIELDS)), *_POLICY_FIELDS]
+        _, now, out, _ = await self._run("read", keys, head, retry=True)
+        policies: list[list[str]] = []
+        warehouses: list[list[str]] = []
+        pos = 0
+        for _sku in skus:
+            policies.append(out[pos : pos + len(_POLICY_FIELDS)])
+            pos += len(_POLICY_FIELDS)
+            count = int(out[pos])
+            warehouses.append(sorted(out[pos + 1 : pos + 1 + count]))
+            pos += 1 + count
+        stock_keys = [
+            k.stock(sku, wh) for sku, whs in zip(skus, warehouses, strict=True) for wh in whs
+        ]
+        values: list[str] = []
+        if stock_keys:
+            head = [str(len(ready)), "h" * len(stock_keys), str(len(_RECORD_FIELDS))]
+            _, _, values, _ = await self._run(
+                "read", [*ready, *stock_keys], [*head, *_RECORD_FIELDS], retry=True
+            )
         defaults = (0, 0, 0, 0, 0, 0, MAX_QTY)
-        out = []
-        for i, sku in enumerate(skus):
-            p = [int(_text(v)) if v is not None else None for v in rest[2 * i]]
+        result = []
+        at = 0
+        width = len(_RECORD_FIELDS)
+        for sku, raw_policy, whs in zip(skus, policies, warehouses, strict=True):
+            p = [int(v) if v else None for v in raw_policy]
             policy = SkuPolicy(
                 *(d if v is None else v for v, d in zip(p[:7], defaults, strict=True))
             )
-            levels = tuple(
-                _level(sku, wh, [_text(v) if v is not None else "0" for v in next(records)])
-                for wh in whs[i]
-            )
-            out.append(SkuAvailability(sku, levels, policy, p[7] or 0, now))
-        return out
+            levels = []
+            for wh in whs:
+                rec = values[at : at + width]
+                at += width
+                levels.append(_level(sku, wh, [v or "0" for v in rec]))
+            result.append(SkuAvailability(sku, tuple(levels), policy, p[7] or 0, now))
+        return result
 
     async def state(self) -> State:
         try:

@@ -39,6 +39,7 @@ SCRIPT_NAMES = (
     "digest",
     "admit",
     "idempotency",
+    "read",
 )
 
 

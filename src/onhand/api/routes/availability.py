@@ -67,17 +67,21 @@ def render(a: SkuAvailability, metrics: ApiMetrics | None = None) -> dict[str, o
     }
 
 
-def _etag(bodies: list[dict[str, object]]) -> str:
+def etag_of(bodies: list[dict[str, object]]) -> str:
     stable = [{k: v for k, v in b.items() if k != "at_ms"} for b in bodies]
     return 'W/"' + hashlib.blake2b(orjson.dumps(stable), digest_size=12).hexdigest() + '"'
 
 
-def _answer(request: Request, payload: object, etag: str) -> Response:
+def answer(payload: object, etag: str, if_none_match: str | None) -> Response:
+    """200 with ``payload``, or 304 when ``If-None-Match`` names ``etag``."""
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
-    match = request.headers.get("if-none-match")
-    if match is not None and etag in (t.strip() for t in match.split(",")):
+    if if_none_match is not None and etag in (t.strip() for t in if_none_match.split(",")):
         return Response(status_code=304, headers=headers)
     return Response(orjson.dumps(payload), 200, headers, media_type="application/json")
+
+
+def _answer(request: Request, payload: object, etag: str) -> Response:
+    return answer(payload, etag, request.headers.get("if-none-match"))
 
 
 @router.get(
@@ -91,7 +95,7 @@ async def sku_availability(
 ) -> Response:
     services = get_services(request)
     body = render(await services.engine.availability(sku), services.metrics)
-    return _answer(request, body, _etag([body]))
+    return _answer(request, body, etag_of([body]))
 
 
 @router.get(
@@ -119,4 +123,4 @@ async def bulk_availability(
     services = get_services(request)
     found = await services.engine.availability_many(sku)
     items = [render(a, services.metrics) for a in found]
-    return _answer(request, {"items": items}, _etag(items))
+    return _answer(request, {"items": items}, etag_of(items))
