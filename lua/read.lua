@@ -5,7 +5,7 @@
   back data, or is being rebuilt). Used for availability reads: one call instead of a
   pipeline of one command per key.
 
-  KEYS[1..r]     the ready markers of the partitions read (r = ARGV[2])
+  KEYS[1], …, KEYS[r]   the ready markers of the partitions read (r = ARGV[2])
   KEYS[r+1..]    the keys to read, one per character of the plan
   ARGV[1]        clock_ms ('0' = Redis TIME)
   ARGV[2]        r: how many ready markers lead KEYS (0..16384)
