@@ -19,7 +19,14 @@ from starlette.responses import Response
 
 from onhand import errors
 
-__all__ = ["PROBLEM_JSON", "Problem", "from_engine_error", "problem_response", "problem_type"]
+__all__ = [
+    "PROBLEM_JSON",
+    "Problem",
+    "documented",
+    "from_engine_error",
+    "problem_response",
+    "problem_type",
+]
 
 PROBLEM_JSON = "application/problem+json"
 _PREFIX = "urn:onhand:problem:"
@@ -27,6 +34,27 @@ _PREFIX = "urn:onhand:problem:"
 
 def problem_type(slug: str) -> str:
     return _PREFIX + slug
+
+
+_DESCRIPTIONS = {
+    400: "Missing or malformed Idempotency-Key, or malformed JSON",
+    401: "No valid API key",
+    403: "The key lacks the route's scope",
+    404: "Not found",
+    409: "Conflict (see the problem type), or a request with this key in flight",
+    412: "If-Match does not match the record version",
+    413: "Request body too large",
+    422: "Invalid input",
+    428: "If-Match required",
+    429: "Anti-hoarding limit reached (see Retry-After)",
+    503: "Redis or Postgres not ready or unreachable; retry",
+}
+
+
+def documented(*statuses: int, **specific: str) -> dict[int | str, dict[str, Any]]:
+    """The problem answers a route documents in OpenAPI: ``statuses`` with the common
+    descriptions, or a route's own one given as ``s404="…"``."""
+    return {s: {"description": specific.get(f"s{s}", _DESCRIPTIONS[s])} for s in statuses}
 
 
 @dataclass

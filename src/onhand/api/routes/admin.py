@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, Depends, Path, Request
 from starlette.responses import Response
 
 from onhand.api.apikeys import ApiKey
-from onhand.api.problems import Problem
+from onhand.api.problems import Problem, documented
 from onhand.api.schemas import KeyCreate, KeyCreated, KeyList, KeyOut
 from onhand.api.services import (
     IdempotencyKey,
@@ -21,14 +21,7 @@ from onhand.api.services import (
 
 router = APIRouter(prefix="/v1", tags=["api keys"])
 Admin = Annotated[ApiKey, Depends(RequireScope("admin"))]
-_PROBLEMS: dict[int | str, dict[str, Any]] = {
-    400: {"description": "Missing or malformed Idempotency-Key, or malformed JSON"},
-    413: {"description": "Request body too large"},
-    401: {"description": "No valid API key"},
-    403: {"description": "Missing scope"},
-    404: {"description": "No such key"},
-    422: {"description": "Invalid input"},
-}
+_PROBLEMS = documented(400, 401, 403, 404, 413, 422, s404="No such key")
 
 
 @router.post(

@@ -7,7 +7,7 @@ answers 304 while nothing a page shows has changed.
 from __future__ import annotations
 
 import hashlib
-from typing import Annotated, Any
+from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -15,7 +15,7 @@ from starlette.responses import Response
 
 from onhand.api.apikeys import ApiKey
 from onhand.api.metrics import ApiMetrics
-from onhand.api.problems import Problem
+from onhand.api.problems import Problem, documented
 from onhand.api.schemas import ID, MAX_BULK, Availability, AvailabilityList
 from onhand.api.services import RequireScope, get_services
 from onhand.domain import SkuAvailability
@@ -23,12 +23,7 @@ from onhand.domain import SkuAvailability
 router = APIRouter(prefix="/v1", tags=["availability"])
 Reader = Annotated[ApiKey, Depends(RequireScope("availability:read"))]
 _DAY_MS = 86_400_000
-_PROBLEMS: dict[int | str, dict[str, Any]] = {
-    401: {"description": "No valid API key"},
-    403: {"description": "The key lacks the scope"},
-    422: {"description": "Invalid SKU id or too many SKUs"},
-    503: {"description": "Engine not ready or unreachable; retry"},
-}
+_PROBLEMS = documented(401, 403, 422, 503, s422="Invalid SKU id or too many SKUs")
 
 
 def render(a: SkuAvailability, metrics: ApiMetrics | None = None) -> dict[str, object]:

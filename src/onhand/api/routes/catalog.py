@@ -9,14 +9,14 @@ Redis, the list from the ledger (it may trail Redis by the writer's lag).
 from __future__ import annotations
 
 import base64
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from starlette.responses import Response
 
 from onhand.allocation import Warehouse
 from onhand.api.apikeys import ApiKey
-from onhand.api.problems import Problem
+from onhand.api.problems import Problem, documented
 from onhand.api.schemas import (
     ID,
     PolicyIn,
@@ -40,16 +40,7 @@ router = APIRouter(prefix="/v1", tags=["catalog"])
 Admin = Annotated[ApiKey, Depends(RequireScope("admin"))]
 Operator = Annotated[ApiKey, Depends(RequireScope("stock:write"))]
 IdPath = Annotated[str, Path(pattern=ID, max_length=64)]
-_PROBLEMS: dict[int | str, dict[str, Any]] = {
-    400: {"description": "Missing or malformed Idempotency-Key, or malformed JSON"},
-    413: {"description": "Request body too large"},
-    401: {"description": "No valid API key"},
-    403: {"description": "The key lacks the scope"},
-    404: {"description": "Not found"},
-    409: {"description": "Already exists, or request in flight"},
-    422: {"description": "Invalid input"},
-    503: {"description": "Redis or Postgres unreachable; retry"},
-}
+_PROBLEMS = documented(400, 401, 403, 404, 409, 413, 422, 503)
 
 
 def render_warehouse(w: Warehouse) -> dict[str, object]:

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
 from onhand.api.apikeys import ApiKey
-from onhand.api.problems import Problem
+from onhand.api.problems import Problem, documented
 from onhand.api.schemas import ID, MovementPage
 from onhand.api.services import RequireScope, get_services, json_response
 from onhand.domain import MAX_STOCK
@@ -65,11 +65,7 @@ def _decode_cursor(raw: str) -> tuple[int, str]:
 @router.get(
     "/movements",
     response_model=MovementPage,
-    responses={
-        401: {"description": "No valid API key"},
-        403: {"description": "Missing scope"},
-        422: {"description": "Invalid filter"},
-    },
+    responses=documented(401, 403, 422, s422="Invalid filter"),
     summary="Ledger movements, filtered, oldest first, cursor-paginated",
 )
 async def movements(

@@ -9,14 +9,14 @@ and changes only its own reservations; another client's answer 404 (admins see a
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Request
 from starlette.responses import Response
 
 from onhand.allocation import nearest
 from onhand.api.apikeys import ApiKey
-from onhand.api.problems import Problem
+from onhand.api.problems import Problem, documented
 from onhand.api.schemas import (
     ID,
     FixedAllocation,
@@ -39,17 +39,12 @@ from onhand.errors import IdempotencyConflict, InsufficientStock, OnhandError
 router = APIRouter(prefix="/v1", tags=["reservations"])
 Writer = Annotated[ApiKey, Depends(RequireScope("reservations:write"))]
 ReservationId = Annotated[str, Path(pattern=ID, max_length=64)]
-_PROBLEMS: dict[int | str, dict[str, Any]] = {
-    400: {"description": "Missing or malformed Idempotency-Key, or malformed JSON"},
-    413: {"description": "Request body too large"},
-    401: {"description": "No valid API key"},
-    403: {"description": "The key lacks the scope"},
-    404: {"description": "No such reservation (or another client's)"},
-    409: {"description": "Insufficient stock, invalid transition or request in flight"},
-    422: {"description": "Invalid input, or an Idempotency-Key/order id reused differently"},
-    429: {"description": "Anti-hoarding limit reached (see Retry-After)"},
-    503: {"description": "Engine not ready or unreachable; retry"},
-}
+_PROBLEMS = documented(
+    400, 401, 403, 404, 409, 413, 422, 429, 503,
+    s404="No such reservation (or another client's)",
+    s409="Insufficient stock, invalid transition or request in flight",
+    s422="Invalid input, or an Idempotency-Key/order id reused differently",
+)  # fmt: skip
 
 
 def render(res: Reservation) -> dict[str, object]:

@@ -8,14 +8,14 @@ with the record version it was counted against (428 without, 412 on a mismatch).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Request
 from starlette.responses import Response
 
 from onhand.api.apikeys import ApiKey
-from onhand.api.problems import Problem, from_engine_error
+from onhand.api.problems import Problem, documented, from_engine_error
 from onhand.api.schemas import (
     ID,
     AdjustmentIn,
@@ -32,6 +32,7 @@ from onhand.api.schemas import (
 from onhand.api.services import (
     IdempotencyKey,
     RequireScope,
+    Services,
     get_services,
     idempotent,
     json_response,
@@ -42,17 +43,7 @@ from onhand.errors import OnhandError
 router = APIRouter(prefix="/v1", tags=["stock"])
 Operator = Annotated[ApiKey, Depends(RequireScope("stock:write"))]
 IdPath = Annotated[str, Path(pattern=ID, max_length=64)]
-_PROBLEMS: dict[int | str, dict[str, Any]] = {
-    400: {"description": "Missing or malformed Idempotency-Key, or malformed JSON"},
-    413: {"description": "Request body too large"},
-    401: {"description": "No valid API key"},
-    403: {"description": "The key lacks the scope"},
-    409: {"description": "Not enough available stock, or request in flight"},
-    412: {"description": "If-Match does not match the record version"},
-    422: {"description": "Invalid input"},
-    428: {"description": "If-Match required"},
-    503: {"description": "Engine not ready or unreachable; retry"},
-}
+_PROBLEMS = documented(400, 401, 403, 409, 412, 413, 422, 428, 503)
 
 
 def render(level: StockLevel) -> dict[str, object]:
@@ -89,6 +80,23 @@ async def get_stock_level(
     return _level(await get_services(request).engine.stock_level(sku, warehouse))
 
 
+async def _receive(services: Services, key: ApiKey, item: ReceiptIn) -> StockLevel:
+    return await services.engine.receive(
+        item.sku, item.warehouse, item.qty, reference=item.reference, actor=_actor(key)
+    )
+
+
+async def _adjust(services: Services, key: ApiKey, item: AdjustmentIn) -> StockLevel:
+    return await services.engine.adjust(
+        item.sku,
+        item.warehouse,
+        item.delta,
+        reason=item.reason,
+        reference=item.reference,
+        actor=_actor(key),
+    )
+
+
 @router.post(
     "/stock-receipts",
     status_code=201,
@@ -100,11 +108,7 @@ async def receive(
     body: ReceiptIn, request: Request, key: Operator, idempotency_key: IdempotencyKey
 ) -> Response:
     async def work() -> Response:
-        engine = get_services(request).engine
-        level = await engine.receive(
-            body.sku, body.warehouse, body.qty, reference=body.reference, actor=_actor(key)
-        )
-        return _level(level, 201)
+        return _level(await _receive(get_services(request), key, body), 201)
 
     return await idempotent(request, key, idempotency_key, body.model_dump_json().encode(), work)
 
@@ -120,16 +124,7 @@ async def adjust(
     body: AdjustmentIn, request: Request, key: Operator, idempotency_key: IdempotencyKey
 ) -> Response:
     async def work() -> Response:
-        engine = get_services(request).engine
-        level = await engine.adjust(
-            body.sku,
-            body.warehouse,
-            body.delta,
-            reason=body.reason,
-            reference=body.reference,
-            actor=_actor(key),
-        )
-        return _level(level, 201)
+        return _level(await _adjust(get_services(request), key, body), 201)
 
     return await idempotent(request, key, idempotency_key, body.model_dump_json().encode(), work)
 
@@ -224,25 +219,35 @@ async def set_safety_stock(
 
 
 async def _bulk(
-    items: Sequence[object], run: Callable[[object], Awaitable[StockLevel]], instance: str
+    request: Request,
+    key: ApiKey,
+    idempotency_key: str,
+    body: BulkReceipts | BulkAdjustments,
+    run: Callable[[Services, ApiKey, Any], Awaitable[StockLevel]],
 ) -> Response:
-    results: list[dict[str, object]] = []
-    for i, item in enumerate(items):
-        try:
-            level = await run(item)
-        except OnhandError as exc:
-            problem = from_engine_error(exc)
-            results.append(
-                {
-                    "index": i,
-                    "status": problem.status,
-                    "level": None,
-                    "problem": problem.body(instance),
-                }
-            )
-            continue
-        results.append({"index": i, "status": 201, "level": render(level), "problem": None})
-    return json_response({"results": results}, 207)
+    """Apply each item on its own; 207 with one result per item, under the key."""
+    services, instance = get_services(request), request.url.path
+
+    async def work() -> Response:
+        results: list[dict[str, object]] = []
+        for i, item in enumerate(body.items):
+            try:
+                level = await run(services, key, item)
+            except OnhandError as exc:
+                problem = from_engine_error(exc)
+                results.append(
+                    {
+                        "index": i,
+                        "status": problem.status,
+                        "level": None,
+                        "problem": problem.body(instance),
+                    }
+                )
+                continue
+            results.append({"index": i, "status": 201, "level": render(level), "problem": None})
+        return json_response({"results": results}, 207)
+
+    return await idempotent(request, key, idempotency_key, body.model_dump_json().encode(), work)
 
 
 @router.post(
@@ -255,21 +260,7 @@ async def _bulk(
 async def receive_bulk(
     body: BulkReceipts, request: Request, key: Operator, idempotency_key: IdempotencyKey
 ) -> Response:
-    engine = get_services(request).engine
-
-    async def one(item: object) -> StockLevel:
-        assert isinstance(item, ReceiptIn)
-        return await engine.receive(
-            item.sku, item.warehouse, item.qty, reference=item.reference, actor=_actor(key)
-        )
-
-    return await idempotent(
-        request,
-        key,
-        idempotency_key,
-        body.model_dump_json().encode(),
-        lambda: _bulk(body.items, one, request.url.path),
-    )
+    return await _bulk(request, key, idempotency_key, body, _receive)
 
 
 @router.post(
@@ -282,23 +273,4 @@ async def receive_bulk(
 async def adjust_bulk(
     body: BulkAdjustments, request: Request, key: Operator, idempotency_key: IdempotencyKey
 ) -> Response:
-    engine = get_services(request).engine
-
-    async def one(item: object) -> StockLevel:
-        assert isinstance(item, AdjustmentIn)
-        return await engine.adjust(
-            item.sku,
-            item.warehouse,
-            item.delta,
-            reason=item.reason,
-            reference=item.reference,
-            actor=_actor(key),
-        )
-
-    return await idempotent(
-        request,
-        key,
-        idempotency_key,
-        body.model_dump_json().encode(),
-        lambda: _bulk(body.items, one, request.url.path),
-    )
+    return await _bulk(request, key, idempotency_key, body, _adjust)
