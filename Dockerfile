@@ -6,12 +6,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# Only what the wheel is built from (pyproject.toml: src/onhand plus lua/, README as readme).
+# Only what the wheel is built from (pyproject.toml: src/onhand plus lua/, README as readme),
+# installed with the versions the test suite passed with (.ci/constraints.txt).
 WORKDIR /build
 COPY pyproject.toml README.md ./
+COPY .ci/constraints.txt .ci/
 COPY lua/ lua/
 COPY src/ src/
-RUN pip install . \
+RUN pip install -c .ci/constraints.txt . \
     && rm -rf /build \
     && useradd --system --uid 10001 --user-group --home-dir /app --create-home \
         --shell /usr/sbin/nologin onhand

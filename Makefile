@@ -19,7 +19,7 @@ CODE_DIRS := $(wildcard src tests loadtests)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_NO_INPUT := 1
 
-.PHONY: help venv lint typecheck test test-fast format run clean distclean
+.PHONY: help venv lock lint typecheck test test-fast format run clean distclean
 
 help: ## List the targets.
 	@grep -E '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) \
@@ -33,11 +33,21 @@ $(BIN)/python:
 # Re-install whenever pyproject.toml is newer than the stamp; also when a Lua script
 # changes (the editable wheel force-includes lua/ as a copy in site-packages) or
 # src/onhand/__init__.py appears (hatchling adds no path hook for an empty package).
-INSTALL_INPUTS := pyproject.toml $(wildcard lua/*.lua src/onhand/__init__.py)
+CONSTRAINTS := .ci/constraints.txt
+INSTALL_INPUTS := pyproject.toml $(CONSTRAINTS) $(wildcard lua/*.lua src/onhand/__init__.py)
 
 $(STAMP): $(INSTALL_INPUTS) | $(BIN)/python
-	$(BIN)/python -m pip install -e '.[dev]'
+	$(BIN)/python -m pip install -c $(CONSTRAINTS) -e '.[dev]'
 	touch $@
+
+lock: ## Re-resolve the newest allowed dependency versions into .ci/constraints.txt.
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install -q -e '.[dev]'
+	{ sed -n '/^#/p' $(CONSTRAINTS); \
+	  .lock-venv/bin/python -m pip freeze --exclude-editable | grep -v '^onhand'; } > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
+	rm -rf .lock-venv
 
 lint: venv ## ruff check + ruff format --check.
 	$(BIN)/ruff check $(CODE_DIRS)
