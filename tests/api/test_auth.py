@@ -416,3 +416,48 @@ async def test_the_hold_above_max_active_holds_is_429_until_one_is_released(api:
     again = await hoarder.post("/v1/reservations", json=order("h3", (SKU, 1)), headers=idem())
     assert again.status_code == 201, again.text
     assert (await _availability(admin))["held"] == 2
+
+
+async def test_reusing_a_confirmed_order_id_differently_does_not_keep_a_hold_slot(
+    api: Api,
+) -> None:
+    admin = await api.client("admin")
+    await warehouse(admin, WH)
+    await stock(admin, SKU, WH, 100)
+    single = await api.client("reservations:write", max_active_holds=1)
+    rid = await _hold(single, "o1")
+    r = await single.post(f"/v1/reservations/{rid}:confirm", headers=idem())
+    assert r.status_code == 200, r.text
+
+    reused = await single.post("/v1/reservations", json=order("o1", (SKU, 2)), headers=idem())
+    assert_problem(reused, 422)
+    fresh = await single.post("/v1/reservations", json=order("o2", (SKU, 1)), headers=idem())
+    assert fresh.status_code == 201, fresh.text
+
+
+async def test_a_repeated_pending_hold_keeps_its_slot_only_until_its_own_deadline(
+    api: Api,
+) -> None:
+    admin = await api.client("admin")
+    await warehouse(admin, WH)
+    await stock(admin, SKU, WH, 100)
+    single = await api.client("reservations:write", max_active_holds=1)
+    first = await single.post(
+        "/v1/reservations", json=order("o1", (SKU, 1), ttl_ms=60_000), headers=idem()
+    )
+    assert first.status_code == 201, first.text
+    deadline_ms = first.json()["deadline_ms"]
+    same = await single.post(
+        "/v1/reservations", json=order("o1", (SKU, 1), ttl_ms=60_000), headers=idem()
+    )
+    assert same.status_code == 200, same.text
+    assert same.json()["deadline_ms"] == deadline_ms
+    other_ttl = await single.post(
+        "/v1/reservations", json=order("o1", (SKU, 1), ttl_ms=600_000), headers=idem()
+    )
+    assert_problem(other_ttl, 422)
+
+    r = await single.post("/v1/reservations", json=order("o2", (SKU, 1)), headers=idem())
+    assert_problem(r, 429)
+    # The slot ends with the original hold (60 s), not with the repeat's 600 s TTL.
+    assert retry_after(r) <= 60

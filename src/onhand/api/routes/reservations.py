@@ -105,6 +105,33 @@ async def _drop(services: Services, key: ApiKey, rid: str) -> None:
     )
 
 
+async def _admit_until(services: Services, key: ApiKey, rid: str, res: Reservation) -> None:
+    """Make ``rid``'s hold slot end with the hold itself, not with the repeat's TTL.
+
+    A replayed pending hold keeps its original deadline; the admit before it stretched the
+    slot to now + the requested TTL, which would count against the client's limit after
+    the hold itself expired. (admit only raises a slot's deadline, so drop and add again.)
+    """
+    await _drop(services, key, rid)
+    await _admit(services, key, rid, max(1, res.deadline_ms - res.at_ms))
+
+
+async def _settle_slot(services: Services, key: ApiKey, rid: str) -> None:
+    """After a conflicting repeat of ``rid``: keep its hold slot only while it is pending.
+
+    The admit before the reserve took (or stretched) a slot for ``rid``; if the existing
+    reservation is confirmed, released, expired or gone, nothing holds it any more.
+    """
+    try:
+        existing = await services.engine.get_reservation(rid)
+    except OnhandError:
+        existing = None
+    if existing is None or existing.status is not ReservationStatus.PENDING:
+        await _drop(services, key, rid)
+    else:
+        await _admit_until(services, key, rid, existing)
+
+
 async def create(services: Services, key: ApiKey, body: ReservationCreate) -> Response:
     """Hold an order for ``key``'s client (the route and the fast path both call this)."""
     settings = services.settings
@@ -131,6 +158,7 @@ async def create(services: Services, key: ApiKey, body: ReservationCreate) -> Re
         res = await services.engine.reserve(request_)
     except IdempotencyConflict:
         services.metrics.reservations.labels("conflict").inc()
+        await _settle_slot(services, key, rid)
         raise
     except InsufficientStock:
         services.metrics.reservations.labels("insufficient").inc()
@@ -142,6 +170,8 @@ async def create(services: Services, key: ApiKey, body: ReservationCreate) -> Re
         raise
     if res.status is not ReservationStatus.PENDING:
         await _drop(services, key, rid)
+    elif res.replayed:
+        await _admit_until(services, key, rid, res)
     services.metrics.reservations.labels("replayed" if res.replayed else "held").inc()
     return json_response(
         render(res), 200 if res.replayed else 201, {"Location": f"/v1/reservations/{rid}"}
