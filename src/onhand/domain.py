@@ -171,6 +171,11 @@ class StockLevel:
     def available(self) -> int:
         return self.on_hand - self.held - self.committed - self.safety_stock
 
+    @property
+    def exposure(self) -> int:
+        """Units this record promised beyond its sellable stock (see module docstring)."""
+        return max(0, self.held + self.committed - max(0, self.on_hand - self.safety_stock))
+
 
 @dataclass(frozen=True, slots=True)
 class Line:
@@ -296,6 +301,16 @@ class SkuAvailability:
     @property
     def low_stock(self) -> bool:
         return any(lvl.low for lvl in self.levels)
+
+    @property
+    def unaccounted(self) -> int:
+        """Units promised beyond stock that the SKU's recorded exposure does not cover.
+
+        Every script keeps ``beyond`` in step with its records, so this is 0 unless a
+        record was changed behind the engine's back (or by a defect): an oversell.
+        Meaningful only when ``levels`` and ``beyond`` were read in one snapshot.
+        """
+        return max(0, sum(lvl.exposure for lvl in self.levels) - self.beyond)
 
     def backorder_remaining(self) -> int:
         if self.policy.preorder_limit > 0 and self.at_ms < self.policy.preorder_release_ms:

@@ -194,6 +194,49 @@ async def test_availability_of_one_and_many_skus_with_etags_that_track_changes(a
     problem(await c.get("/v1/availability?sku=A&sku=A"), 422, "invalid-input")
 
 
+async def test_availability_shows_backorder_preorder_low_stock_and_a_stable_sold_out_etag(
+    api: Api,
+):
+    c = await shop(api, ("A", "W1", 3))
+    policy = {"backorder_limit": 5, "reorder_point": 4, "reorder_qty": 10, "lead_time_days": 7}
+    assert (await c.put("/v1/skus/A/policy", json=policy)).status_code == 200
+    await reserve(c, order("o1", ("A", 3)))
+    sold_out = await c.get("/v1/skus/A/availability")
+    body = sold_out.json()
+    assert (body["available"], body["held"], body["low_stock"]) == (0, 3, True)
+    assert (body["backorder_remaining"], body["preorder_remaining"]) == (5, 0)
+    assert body["expected_restock_ms"] is None  # a lead time is no date
+    await asyncio.sleep(0.005)
+    same = await c.get(
+        "/v1/skus/A/availability", headers={"If-None-Match": sold_out.headers["etag"]}
+    )
+    assert same.status_code == 304
+    await reserve(c, order("o2", ("A", 2)))  # beyond stock, within the backorder limit
+    assert (await c.get("/v1/skus/A/availability")).json()["backorder_remaining"] == 3
+
+    release_ms = body["at_ms"] + 86_400_000
+    pre = {"preorder_limit": 10, "preorder_release_ms": release_ms, "backorder_limit": 2}
+    assert (await c.put("/v1/skus/B/policy", json=pre)).status_code == 200
+    b = (await c.get("/v1/skus/B/availability")).json()
+    assert (b["available"], b["preorder_remaining"], b["backorder_remaining"]) == (0, 10, 0)
+    assert b["expected_restock_ms"] == release_ms
+
+
+async def test_the_oversell_counter_counts_units_promised_behind_the_engines_back_only(api: Api):
+    probe = await client(api, public=True)
+    c = await shop(api, ("A", "W1", 5), ("B", "W1", 5))
+    await reserve(c, order("o1", ("A", 4)))
+    body = {"sku": "A", "warehouse": "W1", "delta": -3, "reason": "damaged"}
+    assert (await post(c, "/v1/adjustments", body)).status_code in (200, 201)
+    await c.get("/v1/skus/A/availability")  # a write-down left 2 promised units uncovered
+    assert "onhand_oversell_total 0.0" in (await probe.get("/metrics")).text
+
+    engine = api.services.engine
+    await engine.client.hset(engine.keys.stock("B", "W1"), "he", "8")  # 8 held of 5
+    await c.get("/v1/availability?sku=A&sku=B")
+    assert "onhand_oversell_total 3.0" in (await probe.get("/metrics")).text
+
+
 # -- stock operations ---------------------------------------------------------------------
 async def test_receipts_adjustments_transfers_and_safety_stock_change_the_record(api: Api):
     c = await client(api, "stock:write")

@@ -3,8 +3,8 @@
 Request metrics (count and latency by route template, method and status class) and
 domain metrics: reservations by outcome, confirm latency, holds expired (from the
 ledger), writer lag (entries and seconds, sampled by a background task) and
-``onhand_oversell_total``, which counts every observation of a SKU promised beyond
-its stock and allowance — it must stay 0.
+``onhand_oversell_total``, which counts units that availability reads found promised
+beyond stock without the SKU's recorded exposure accounting for them — it must stay 0.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class ApiMetrics:
         )
         self.oversell = Counter(
             "onhand_oversell",
-            "Observations of a SKU promised beyond stock plus allowance. Must stay 0.",
+            "Units found promised beyond stock that no script accounted for. Must stay 0.",
             registry=r,
         )
         self.oversell.inc(0)

@@ -108,7 +108,7 @@ def _level(sku: str, warehouse: str, values: Sequence[str]) -> StockLevel:
     return StockLevel(sku, warehouse, on, he, co, ss, v, values[5] == "1")
 
 
-_POLICY_FIELDS = ("bo", "po", "prel", "rp", "rq", "lt", "mlq", "bey")
+_POLICY_FIELDS = ("bo", "po", "prel", "rp", "rq", "lt", "mlq")
 _RECORD_FIELDS = ("on", "he", "co", "ss", "v", "low")
 
 
@@ -657,30 +657,33 @@ class RedisEngine(StockEngine):
             count = int(out[pos])
             warehouses.append(sorted(out[pos + 1 : pos + 1 + count]))
             pos += 1 + count
-        stock_keys = [
-            k.stock(sku, wh) for sku, whs in zip(skus, warehouses, strict=True) for wh in whs
-        ]
-        values: list[str] = []
-        if stock_keys:
-            head = [str(len(ready)), "h" * len(stock_keys), str(len(_RECORD_FIELDS))]
-            _, _, values, _ = await self._run(
-                "read", [*ready, *stock_keys], [*head, *_RECORD_FIELDS], retry=True
-            )
+        # The second round reads each SKU's exposure again next to its records, so
+        # ``beyond`` and the levels come from one atomic snapshot (a record field list
+        # plus ``bey``: records have no ``bey``, the SKU hash has only ``bey``).
+        keys2: list[str] = [*ready]
+        for sku, whs in zip(skus, warehouses, strict=True):
+            keys2.append(k.sku(sku))
+            keys2 += (k.stock(sku, wh) for wh in whs)
+        fields = (*_RECORD_FIELDS, "bey")
+        head = [str(len(ready)), "h" * (len(keys2) - len(ready)), str(len(fields))]
+        _, _, values, _ = await self._run("read", keys2, [*head, *fields], retry=True)
         defaults = (0, 0, 0, 0, 0, 0, MAX_QTY)
         result = []
         at = 0
-        width = len(_RECORD_FIELDS)
+        width = len(fields)
         for sku, raw_policy, whs in zip(skus, policies, warehouses, strict=True):
             p = [int(v) if v else None for v in raw_policy]
             policy = SkuPolicy(
                 *(d if v is None else v for v, d in zip(p[:7], defaults, strict=True))
             )
+            beyond = int(values[at + width - 1] or 0)
+            at += width
             levels = []
             for wh in whs:
-                rec = values[at : at + width]
+                rec = values[at : at + width - 1]
                 at += width
                 levels.append(_level(sku, wh, [v or "0" for v in rec]))
-            result.append(SkuAvailability(sku, tuple(levels), policy, p[7] or 0, now))
+            result.append(SkuAvailability(sku, tuple(levels), policy, beyond, now))
         return result
 
     async def state(self) -> State:

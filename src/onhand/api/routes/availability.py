@@ -22,19 +22,23 @@ from onhand.domain import SkuAvailability
 
 router = APIRouter(prefix="/v1", tags=["availability"])
 Reader = Annotated[ApiKey, Depends(RequireScope("availability:read"))]
-_DAY_MS = 86_400_000
 _PROBLEMS = documented(401, 403, 422, 503, s422="Invalid SKU id or too many SKUs")
 
 
 def render(a: SkuAvailability, metrics: ApiMetrics | None = None) -> dict[str, object]:
+    """The JSON body for ``a``; counts an oversell when its records show promises that
+    the SKU's recorded exposure does not account for (:attr:`SkuAvailability.unaccounted`).
+
+    ``expected_restock_ms`` is given only when it is known: the pre-order release date
+    while pre-orders are open. A lead time alone is no date (and a moving estimate would
+    change the ETag on every read).
+    """
     policy = a.policy
-    if metrics is not None and a.beyond > policy.allowance(a.at_ms):
-        metrics.oversell.inc()
+    if metrics is not None and a.unaccounted:
+        metrics.oversell.inc(a.unaccounted)
     restock: int | None = None
     if policy.preorder_limit > 0 and a.at_ms < policy.preorder_release_ms:
         restock = policy.preorder_release_ms
-    elif a.available <= 0 and policy.lead_time_days > 0:
-        restock = a.at_ms + policy.lead_time_days * _DAY_MS
     return {
         "sku": a.sku,
         "available": a.available,
