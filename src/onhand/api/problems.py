@@ -21,6 +21,7 @@ from onhand import errors
 
 __all__ = [
     "PROBLEM_JSON",
+    "PROBLEM_SCHEMA",
     "Problem",
     "documented",
     "from_engine_error",
@@ -51,10 +52,42 @@ _DESCRIPTIONS = {
 }
 
 
+# The body every error answer has (RFC 9457); extension members vary by problem type.
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem",
+    "type": "object",
+    "required": ["type", "title", "status"],
+    "properties": {
+        "type": {"type": "string", "description": "urn:onhand:problem:<slug>"},
+        "title": {"type": "string"},
+        "status": {"type": "integer", "minimum": 400, "maximum": 599},
+        "detail": {"type": "string"},
+        "instance": {"type": "string", "description": "the request path"},
+    },
+    "additionalProperties": True,
+}
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before retrying",
+        "schema": {"type": "integer", "minimum": 0},
+    }
+}
+
+
 def documented(*statuses: int, **specific: str) -> dict[int | str, dict[str, Any]]:
     """The problem answers a route documents in OpenAPI: ``statuses`` with the common
-    descriptions, or a route's own one given as ``s404="…"``."""
-    return {s: {"description": specific.get(f"s{s}", _DESCRIPTIONS[s])} for s in statuses}
+    descriptions, or a route's own one given as ``s404="…"``; each with its
+    ``application/problem+json`` body, and ``Retry-After`` where the API sends it."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for s in statuses:
+        answer: dict[str, Any] = {
+            "description": specific.get(f"s{s}", _DESCRIPTIONS[s]),
+            "content": {PROBLEM_JSON: {"schema": PROBLEM_SCHEMA}},
+        }
+        if s in (409, 429, 503):
+            answer["headers"] = _RETRY_AFTER
+        out[s] = answer
+    return out
 
 
 @dataclass
