@@ -21,6 +21,7 @@ from onhand.api.idempotency import Ticket, fingerprint
 from onhand.api.schemas import ReceiptIn, ReservationCreate
 from onhand.ledger.fencing import verify_and_reopen
 from tests.api.support import Api, idem, order, stock, warehouse
+from tests.api.test_auth import SCOPED, SKU, WH, WH2, call_for
 
 REPLAYED = "Idempotent-Replayed"
 
@@ -273,3 +274,46 @@ async def test_a_new_api_key_secret_is_shown_once_and_not_kept_in_the_idempotenc
     assert texts and not [t for t in texts if token in t], "the whole API key is in Redis"
     again = await c.post("/v1/api-keys", json=body, headers=key)
     assert token not in again.text
+
+
+# -- every POST route ---------------------------------------------------------------------
+POSTS = [r for r in SCOPED if r.method == "POST"]
+
+
+@pytest.mark.parametrize("route", POSTS, ids=lambda r: r.label)
+async def test_every_post_route_requires_a_key_and_replays_the_first_answer(api: Api, route: Any):
+    c = await api.client()  # every scope: the key is the only thing that can refuse
+    await warehouse(c, WH)
+    await warehouse(c, WH2)
+    await stock(c, SKU, WH, 5)
+    call = call_for(route)
+    before = await api.services.engine.state()
+
+    bare = await c.request(call.method, call.url, json=call.json, headers=call.headers)
+    problem(bare, 400, "idempotency-key-missing")
+    assert await api.services.engine.state() == before
+
+    headers = {**idem(), **call.headers}
+    first = await c.request(call.method, call.url, json=call.json, headers=headers)
+    assert first.status_code < 500, first.text
+    assert REPLAYED not in first.headers
+    after_first = await api.services.engine.state()
+    again = await c.request(call.method, call.url, json=call.json, headers=headers)
+    assert (again.status_code, again.headers.get(REPLAYED)) == (first.status_code, "true")
+    assert await api.services.engine.state() == after_first
+
+
+async def test_a_bulk_call_on_a_fenced_engine_is_503_and_not_stored(api: Api):
+    c = await ready(api)
+    before = await held_and_on_hand(c)
+    key = idem()
+    body = {"items": [{"sku": "A", "warehouse": "W1", "qty": 2}]}
+    await api.services.engine.fence()
+    r = await c.post("/v1/stock-receipts:bulk", json=body, headers=key)
+    problem(r, 503, "not-ready")
+    await verify_and_reopen(api.services.engine, api.services.store)
+    assert await held_and_on_hand(c) == before
+    r = await c.post("/v1/stock-receipts:bulk", json=body, headers=key)
+    assert r.status_code == 207 and REPLAYED not in r.headers, r.text
+    assert r.json()["results"][0]["status"] == 201
+    assert await held_and_on_hand(c) == (before[0], before[1] + 2)

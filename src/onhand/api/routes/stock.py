@@ -38,7 +38,7 @@ from onhand.api.services import (
     json_response,
 )
 from onhand.domain import StockLevel
-from onhand.errors import OnhandError
+from onhand.errors import EngineUnavailable, OnhandError
 
 router = APIRouter(prefix="/v1", tags=["stock"])
 Operator = Annotated[ApiKey, Depends(RequireScope("stock:write"))]
@@ -225,15 +225,23 @@ async def _bulk(
     body: BulkReceipts | BulkAdjustments,
     run: Callable[[Services, ApiKey, Any], Awaitable[StockLevel]],
 ) -> Response:
-    """Apply each item on its own; 207 with one result per item, under the key."""
+    """Apply each item on its own; 207 with one result per item, under the key.
+
+    While nothing has been applied, Redis being fenced or unreachable fails the whole
+    call with 503 (the key is released, the retry starts afresh); once an item applied,
+    the 207 is the answer and lists which items to send again.
+    """
     services, instance = get_services(request), request.url.path
 
     async def work() -> Response:
         results: list[dict[str, object]] = []
+        applied = 0
         for i, item in enumerate(body.items):
             try:
                 level = await run(services, key, item)
             except OnhandError as exc:
+                if not applied and isinstance(exc, EngineUnavailable):
+                    raise
                 problem = from_engine_error(exc)
                 results.append(
                     {
@@ -244,6 +252,7 @@ async def _bulk(
                     }
                 )
                 continue
+            applied += 1
             results.append({"index": i, "status": 201, "level": render(level), "problem": None})
         return json_response({"results": results}, 207)
 
