@@ -382,3 +382,107 @@ async def test_a_streamed_body_above_the_limit_without_content_length_is_a_413_p
     )
     r = await admin.send(request)
     assert r.status_code == 201, r.text
+
+
+# -- every other integer field --------------------------------------------------------------
+@dataclass(frozen=True)
+class IntField:
+    method: str
+    path: str
+    body: Callable[[Any], Any]
+    """The request body with ``value`` in the field under test."""
+    good: Any
+    headers: tuple[tuple[str, str], ...] = ()
+    valid: tuple[Any, ...] = ()
+    """Values of :data:`BAD_QTYS` that this field accepts (compared by type and value)."""
+    bad: tuple[Any, ...] | None = None
+    """Its own list of bad values instead of :data:`BAD_QTYS`."""
+
+    def bad_values(self) -> list[Any]:
+        if self.bad is not None:
+            return list(self.bad)
+        taken = {(type(v), v) for v in self.valid}
+        return [v for v in BAD_QTYS if isinstance(v, list | dict) or (type(v), v) not in taken]
+
+
+POLICY_FIELDS = (
+    "backorder_limit",
+    "preorder_limit",
+    "preorder_release_ms",
+    "reorder_point",
+    "reorder_qty",
+    "lead_time_days",
+    "max_line_qty",
+)
+INT_FIELDS: dict[str, IntField] = {
+    "stock-counts.count": IntField(
+        "POST",
+        "/v1/stock-counts",
+        lambda v: {"sku": SKU, "warehouse": WH, "count": v},
+        3,
+        (("If-Match", '"{version}"'),),
+        valid=(0,),
+    ),
+    "stock-receipts:bulk.items.0.qty": IntField(
+        "POST",
+        "/v1/stock-receipts:bulk",
+        lambda v: {"items": [{"sku": SKU, "warehouse": WH, "qty": v}]},
+        1,
+    ),
+    "adjustments:bulk.items.0.delta": IntField(
+        "POST",
+        "/v1/adjustments:bulk",
+        lambda v: {"items": [{"sku": SKU, "warehouse": WH, "delta": v, "reason": "correction"}]},
+        1,
+        bad=tuple(BAD_DELTAS),
+    ),
+    "reservations.ttl_ms": IntField(
+        "POST",
+        "/v1/reservations",
+        lambda v: {"order_id": "o-ttl", "lines": [{"sku": SKU, "qty": 1}], "ttl_ms": v},
+        60_000,
+        valid=(None,),
+    ),
+    ":extend.ttl_ms": IntField(
+        "POST", "/v1/reservations/{rid}:extend", lambda v: {"ttl_ms": v}, 120_000
+    ),
+    "safety-stock.qty": IntField(
+        "PUT", f"/v1/stock-levels/{SKU}/{WH}/safety-stock", lambda v: {"qty": v}, 1, valid=(0,)
+    ),
+    **{
+        f"policy.{name}": IntField(
+            "PUT",
+            f"/v1/skus/{SKU}/policy",
+            lambda v, name=name: {name: v},
+            1,
+            valid=(0, None) if name != "max_line_qty" else (None,),
+        )
+        for name in POLICY_FIELDS
+    },
+}
+
+
+@pytest.mark.parametrize("name", sorted(INT_FIELDS))
+async def test_every_other_integer_field_refuses_non_integers_and_changes_nothing(
+    api: Api, admin: httpx.AsyncClient, name: str
+) -> None:
+    spec = INT_FIELDS[name]
+    hold = await admin.post("/v1/reservations", json=order("ext", (SKU, 1)), headers=idem())
+    assert hold.status_code == 201, hold.text
+    level = await admin.get(f"/v1/stock-levels/{SKU}/{WH}")
+    values = {"rid": hold.json()["reservation_id"], "version": level.json()["version"]}
+    path = spec.path.format(**values)
+    headers = {k: v.format(**values) for k, v in spec.headers}
+    bad = spec.bad_values()
+
+    def case(v: Any) -> Case:
+        content = raw(spec.body(v))
+        return describe(v), lambda: admin.request(
+            spec.method, path, content=content, headers={**JSON, **idem(), **headers}
+        )
+
+    await refused_and_unchanged(api, admin, [case(v) for v in bad], (400, 422))
+    ok = await admin.request(
+        spec.method, path, json=spec.body(spec.good), headers={**idem(), **headers}
+    )
+    assert ok.status_code < 300, f"the control request of {name} failed: {ok.text}"
