@@ -453,7 +453,7 @@ INT_FIELDS: dict[str, IntField] = {
         f"policy.{name}": IntField(
             "PUT",
             f"/v1/skus/{SKU}/policy",
-            lambda v, name=name: {name: v},
+            partial(dict.fromkeys, [name]),
             1,
             valid=(0, None) if name != "max_line_qty" else (None,),
         )
