@@ -7,6 +7,7 @@ checks that every operation of the OpenAPI document was exercised here.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 import time
 from typing import Any
@@ -15,7 +16,9 @@ import httpx
 import pytest
 
 from onhand.ledger.writer import StreamWriter
-from tests.api.support import Api, idem, order, stock, warehouse
+from onhand.settings import Settings
+from tests.api.support import Api, idem, open_api, order, stock, warehouse
+from tests.proxy import TcpProxy
 
 HITS: set[tuple[str, str]] = set()
 
@@ -395,6 +398,13 @@ async def test_api_keys_are_created_listed_and_revoked(api: Api):
     assert r.status_code == 201, r.text
     made = r.json()
     assert made["token"].startswith(f"onh_{made['key_id']}_") and made["revoked"] is False
+    secret = made["token"].split("_", 2)[2]
+    row = await api.services.store.pool.fetchrow(
+        "SELECT * FROM api_keys WHERE key_id = $1", made["key_id"]
+    )
+    assert row is not None and row["secret_sha256"] == hashlib.sha256(secret.encode()).hexdigest()
+    stored = " ".join(str(v) for v in row.values())
+    assert secret not in stored and made["token"] not in stored  # only its hash is kept
     async with api.http(made["token"]) as shop:
         assert (await shop.get("/v1/skus/A/availability")).status_code == 200
         problem(await shop.get("/v1/warehouses"), 403, "forbidden")
@@ -431,6 +441,26 @@ async def test_probes_say_live_and_ready_and_a_fenced_engine_is_not_ready(api: A
     body = await _ready(probe, 503, within_s=0)
     assert body["status"] == "not ready" and body["checks"]["redis"].startswith("fenced")
     assert (await probe.get("/livez")).status_code == 200
+
+
+async def test_readiness_is_503_while_postgres_is_cut_off_and_ready_again_after(
+    api_settings: Settings,
+):
+    async with TcpProxy.for_url(api_settings.require_database_url()) as proxy:
+        proxied = api_settings.model_copy(
+            update={"database_url": proxy.url_for(api_settings.require_database_url())}
+        )
+        async with open_api(proxied) as cut_api:
+            probe = await client(cut_api, public=True)
+            await drain(cut_api)
+            await _ready(probe, 200)
+            await proxy.cut()
+            body = await _ready(probe, 503)
+            assert body["checks"]["postgres"].startswith("unreachable"), body
+            assert body["checks"]["redis"] == "ok"
+            assert (await probe.get("/livez")).status_code == 200
+            await proxy.restore()
+            assert (await _ready(probe, 200))["checks"]["postgres"] == "ok"
 
 
 async def test_metrics_expose_the_oversell_counter_at_zero_and_reservation_outcomes(api: Api):
