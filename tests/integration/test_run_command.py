@@ -100,6 +100,20 @@ def test_make_run_comes_up_serves_a_reservation_and_stops_cleanly(tmp_path: Path
             )
             assert confirmed.status_code == 200, confirmed.text
             assert confirmed.json()["status"] == "confirmed"
+            # The reaper runs too: a 1 s hold is expired by it.
+            short = http.post(
+                "/v1/reservations",
+                json={"order_id": "readme-2", "lines": [{"sku": "MUG-WHITE", "qty": 1}],
+                      "ttl_ms": 1000},
+                headers={"Idempotency-Key": "readme-2"},
+            )  # fmt: skip
+            assert short.status_code == 201, short.text
+            deadline = time.monotonic() + 10
+            while (status := http.get("/v1/reservations/admin.readme-2").json()["status"]) in (
+                "pending",
+            ) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert status == "expired", status
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGINT)
@@ -112,7 +126,11 @@ def test_make_run_comes_up_serves_a_reservation_and_stops_cleanly(tmp_path: Path
     # make itself dies of the SIGINT it was sent (as in a terminal); onhand must have
     # stopped everything and said so.
     assert proc.returncode in (0, -signal.SIGINT), "".join(log)
-    assert "onhand stopped" in "".join(log)
+    text = "".join(log)
+    assert "onhand stopped" in text
+    # With no URL configured it used its own servers, in the data directory it was given.
+    assert "embedded Redis at redis://127.0.0.1:" in text and str(data_dir) in text, text
+    assert "embedded PostgreSQL" in text, text
     deadline = time.monotonic() + 10
     while (left := _processes_mentioning(str(data_dir))) and time.monotonic() < deadline:
         time.sleep(0.2)
