@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Annotated, Any
 
 import typer
@@ -109,6 +109,26 @@ def reaper(
     _run(main())
 
 
+@contextlib.contextmanager
+def progress_bars() -> Iterator[Callable[[str, int, int], None]]:
+    """A ``progress(phase, done, total)`` callback drawing one rich bar per phase."""
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = bar.add_task(phase, total=total)
+            bar.update(tasks[phase], completed=done, total=total)
+
+        yield progress
+
+
 @app.command(name="rehydrate")
 def rehydrate_cmd(
     force: Annotated[bool, typer.Option(help="Replace data Redis still holds.")] = False,
@@ -119,20 +139,7 @@ def rehydrate_cmd(
 
     async def main() -> int:
         async with open_stack(settings) as stack:
-            with Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                TextColumn("{task.completed}/{task.total}"),
-                TimeElapsedColumn(),
-                console=console,
-            ) as bar:
-                tasks: dict[str, Any] = {}
-
-                def progress(phase: str, done: int, total: int) -> None:
-                    if phase not in tasks:
-                        tasks[phase] = bar.add_task(phase, total=total)
-                    bar.update(tasks[phase], completed=done, total=total)
-
+            with progress_bars() as progress:
                 try:
                     report = await rehydrate(
                         stack.engine,
@@ -166,7 +173,10 @@ def reconcile_cmd(
 
     async def main() -> int:
         async with open_stack(settings) as stack:
-            drifts = await reconcile(stack.engine, stack.ledger(), wait_ms=wait_ms)
+            with progress_bars() as progress:
+                drifts = await reconcile(
+                    stack.engine, stack.ledger(), wait_ms=wait_ms, progress=progress
+                )
             table = Table("sku", "warehouse", "kind", "differences (redis → ledger)")
             for d in drifts:
                 diff = ", ".join(f"{k} {r} → {g}" for k, (r, g) in d.differences().items())
@@ -174,7 +184,8 @@ def reconcile_cmd(
             if drifts:
                 Console().print(table)
             if fix_ and drifts:
-                fixed = await fix(stack.engine, drifts)
+                with progress_bars() as progress:
+                    fixed = await fix(stack.engine, drifts, progress)
                 console.print(f"repaired {fixed} records from the ledger")
                 return 0 if fixed == len([d for d in drifts if d.kind != "lag"]) else 1
             console.print(f"{len(drifts)} drifted records")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -62,6 +63,14 @@ async def test_the_operator_commands_drain_report_reconcile_and_rebuild(
         assert "verified" in rebuilt.stderr
         level = await stack.engine.stock_level(sku, wh)
         assert (level.on_hand, level.held) == (10, 3)
+
+        short = new_id("r")
+        await stack.engine.reserve(ReserveRequest(short, (Line(sku, 2, (wh,)),), 1_000))
+        await asyncio.sleep(1.1)
+        reaped = _onhand(env, "reaper", "--burst")
+        assert reaped.returncode == 0, reaped.stderr
+        assert (await stack.engine.get_reservation(short)).status.value == "expired"
+        assert (await stack.engine.stock_level(sku, wh)).held == 3
 
 
 async def test_keys_create_list_revoke_and_seed_work_as_an_operator_runs_them(

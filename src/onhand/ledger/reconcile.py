@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from onhand.engine.redis import RedisEngine
@@ -47,7 +48,17 @@ class Drift:
         }
 
 
-async def redis_records(engine: RedisEngine) -> dict[tuple[str, str], RecordState]:
+ProgressFn = Callable[[str, int, int], None]
+"""``progress(phase, done, total)``: how far a long step is (the CLI draws bars)."""
+
+
+def _quiet(phase: str, done: int, total: int) -> None:
+    return None
+
+
+async def redis_records(
+    engine: RedisEngine, progress: ProgressFn = _quiet
+) -> dict[tuple[str, str], RecordState]:
     """Every stock record of the namespace (SCAN + pipelined HMGET)."""
     keys = engine.keys
     prefix = f"{keys.namespace}:{{p"
@@ -67,6 +78,7 @@ async def redis_records(engine: RedisEngine) -> dict[tuple[str, str], RecordStat
         for (_, ident), row in zip(chunk, rows, strict=True):
             on, he, co, ss, v = (int(x or 0) for x in row[:5])
             out[ident] = RecordState(on, he, co, ss, v, (row[5] or b"0") in (b"1", "1"))
+        progress("reading Redis records", start + len(chunk), len(names))
     return out
 
 
@@ -97,27 +109,32 @@ def _compare(
 
 
 async def reconcile(
-    engine: RedisEngine, store: LedgerStore, *, wait_ms: int = 5_000
+    engine: RedisEngine,
+    store: LedgerStore,
+    *,
+    wait_ms: int = 5_000,
+    progress: ProgressFn = _quiet,
 ) -> list[Drift]:
     """Every drifted record (module docstring); records still lagging after ``wait_ms``
     are reported with kind ``lag``."""
     deadline = time.monotonic() + wait_ms / 1000
     while True:
-        redis = await redis_records(engine)
+        redis = await redis_records(engine, progress)
         drifts, lagging = _compare(redis, await _ledger_records(store))
         if not lagging or time.monotonic() >= deadline:
             return drifts + lagging
         await asyncio.sleep(0.1)
 
 
-async def fix(engine: RedisEngine, drifts: list[Drift]) -> int:
+async def fix(engine: RedisEngine, drifts: list[Drift], progress: ProgressFn = _quiet) -> int:
     """Repair each drifted record from the ledger; returns how many were repaired.
 
     Lagging records are left alone; a record that changed since it was compared is
     skipped (run reconcile again).
     """
     fixed = 0
-    for d in drifts:
+    for done, d in enumerate(drifts, 1):
+        progress("repairing from the ledger", done, len(drifts))
         if d.kind == "lag" or d.ledger is None:
             continue
         g = d.ledger
