@@ -8,7 +8,10 @@
   ARGV[6] reorder_point     ARGV[7] reorder_qty      (each 0..2^53-1)
   ARGV[8] lead_time_days (0..3650)   ARGV[9] max_line_qty (1..1e9)   ARGV[10] actor
 
-  Returns {'OK', now_ms, policy_version}   {'NOTREADY', now_ms}   the partition is fenced (see _lib.lua); retry later   {'BADARG', now_ms, i}   {'WRONGTYPE', now_ms}
+  Returns {'OK', now_ms, policy_version, 1, stream, entry_id, n_fields, fields...}
+            (the appended event, so the caller can write it through to the ledger)
+          {'NOTREADY', now_ms}   the partition is fenced (see _lib.lua); retry later
+          {'BADARG', now_ms, i}   {'WRONGTYPE', now_ms}
   Emits `policy_set` (id p:<sku>:<policy_version>) carrying the whole policy.
   Low-stock flags are re-evaluated at the record's next change, not here.
 ]]
@@ -35,7 +38,7 @@ local function main()
              'v', pv, 'pol', table.concat(vals, ',')}
   if actor ~= '' then f[#f + 1] = 'act'; f[#f + 1] = actor end
   emit(KEYS[2], f)
-  return {'OK', NOWS, pv}
+  return with_emitted({'OK', NOWS, pv})
 end
 
 return run(main)

@@ -330,7 +330,7 @@ async def test_warehouses_are_created_read_replaced_listed_and_usable_at_once(ap
     problem(await post(c, "/v1/reservations", order("o2", ("A", 1))), 409, "insufficient-stock")
 
 
-async def test_sku_policies_are_set_read_and_listed_from_the_ledger_page_by_page(api: Api):
+async def test_sku_policies_are_in_the_ledger_when_set_and_listed_page_by_page(api: Api):
     c = await client(api, "admin")
     policy = {"backorder_limit": 2, "reorder_point": 5, "reorder_qty": 20, "max_line_qty": 9}
     for sku in ("P3", "P1", "P2"):
@@ -340,11 +340,24 @@ async def test_sku_policies_are_set_read_and_listed_from_the_ledger_page_by_page
     assert got == {**got, **policy, "sku": "P1", "lead_time_days": 0}
     assert (await c.get("/v1/skus/NEVER/policy")).json()["backorder_limit"] == 0
     problem(await c.put("/v1/skus/P1/policy", json={"reorder_point": -1}), 422, "invalid-input")
-    await drain(api)
+    # No writer ran: an acknowledged PUT was written through to the ledger.
     first = (await c.get("/v1/sku-policies", params={"limit": 2})).json()
     assert [p["sku"] for p in first["items"]] == ["P1", "P2"] and first["items"][0] == got
     rest = (await c.get("/v1/sku-policies", params={"cursor": first["next_cursor"]})).json()
     assert ([p["sku"] for p in rest["items"]], rest["next_cursor"]) == (["P3"], None)
+
+
+async def test_a_policy_change_applies_to_the_very_next_reservation(api: Api):
+    c = await shop(api, ("A", "W1", 20))
+    await reserve(c, order("o1", ("A", 10)))
+    assert (await c.put("/v1/skus/A/policy", json={"max_line_qty": 9})).status_code == 200
+    problem(await post(c, "/v1/reservations", order("o2", ("A", 10))), 422, "line-limit-exceeded")
+    await reserve(c, order("o3", ("A", 9)))
+    short = await post(c, "/v1/reservations", order("o4", ("A", 3)))
+    problem(short, 409, "insufficient-stock")
+    assert (await c.put("/v1/skus/A/policy", json={"backorder_limit": 2})).status_code == 200
+    problem(await post(c, "/v1/reservations", order("o4", ("A", 4))), 409, "insufficient-stock")
+    await reserve(c, order("o5", ("A", 3)))  # 1 in stock + 2 on backorder
 
 
 # -- the ledger ---------------------------------------------------------------------------

@@ -305,6 +305,14 @@ class RedisEngine(StockEngine):
         )
 
     async def set_policy(self, sku: str, policy: SkuPolicy, *, actor: str = "") -> SkuPolicy:
+        await self.set_policy_with_events(sku, policy, actor=actor)
+        return policy
+
+    async def set_policy_with_events(
+        self, sku: str, policy: SkuPolicy, *, actor: str = ""
+    ) -> list[StreamEvent]:
+        """:meth:`set_policy`, returning the ``policy_set`` event it appended (so the
+        ledger can record it before the change is acknowledged)."""
         check_id("sku", sku), check_text("actor", actor)
         if not isinstance(policy, SkuPolicy):
             raise InvalidInput("policy", "must be a SkuPolicy")
@@ -325,7 +333,7 @@ class RedisEngine(StockEngine):
             ),
             actor,
         ]
-        code, at, _, _ = await self._run(
+        code, at, out, _ = await self._run(
             "set_policy",
             [self.keys.sku(sku), self.keys.sku_stream(sku), self.keys.sku_ready(sku)],
             args,
@@ -333,7 +341,7 @@ class RedisEngine(StockEngine):
         )
         if code != "OK":
             raise OnhandError(f"set_policy: unexpected reply {code}", at_ms=at)
-        return policy
+        return self._parse_emitted(out[1:])
 
     # -- reservations --------------------------------------------------------------------
     def _reservation(self, rid: str, at: int, out: list[str], replayed: bool) -> Reservation:

@@ -1,4 +1,5 @@
-"""Confirms survive Redis loss: the confirm's events reach Postgres before the answer.
+"""Confirms (and SKU policies) survive Redis loss: their events reach Postgres before
+the answer.
 
 A confirmed order is money. :class:`DurableConfirms` runs the ``confirm`` script, then
 writes the events it appended straight into the ledger (the same idempotent apply the
@@ -20,14 +21,14 @@ import time
 
 import asyncpg
 
-from onhand.domain import Reservation
+from onhand.domain import Reservation, SkuPolicy
 from onhand.engine.redis import RedisEngine
 from onhand.errors import EngineUnavailable
 from onhand.ledger.rows import Batch, add_reservation, build_batch
 from onhand.ledger.store import LedgerStore
 from onhand.ledger.writer import TRANSIENT_PG
 
-__all__ = ["DurableConfirms"]
+__all__ = ["DurableConfirms", "set_policy_durably"]
 
 
 class DurableConfirms:
@@ -86,3 +87,27 @@ class DurableConfirms:
                 )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.2)
+
+
+async def set_policy_durably(
+    engine: RedisEngine, store: LedgerStore, sku: str, policy: SkuPolicy, *, actor: str = ""
+) -> SkuPolicy:
+    """Set ``sku``'s policy in Redis, then write its ``policy_set`` event through to the
+    ledger before answering: Postgres is the policy's record, and a PUT that was
+    acknowledged survives losing Redis (rehydrate loads policies from the ledger).
+
+    If Postgres cannot be reached the policy is live in Redis but *not acknowledged*:
+    ``EngineUnavailable``; a retry sets it again (a new version with the same values) and
+    the writer records the first one later by its event id.
+    """
+    events = await engine.set_policy_with_events(sku, policy, actor=actor)
+    batch = build_batch(
+        [(e.partition, e.stream_id, e.event) for e in events], advance_watermarks=False
+    )
+    try:
+        await store.apply(batch)
+    except TRANSIENT_PG as exc:
+        raise EngineUnavailable(
+            f"policy of {sku} is set but not yet durable (Postgres: {exc}); retry"
+        ) from exc
+    return policy

@@ -1,9 +1,11 @@
 """Catalog: warehouses and SKU policies.
 
 Warehouses: Postgres is the record; a change reaches Redis (and every API process)
-at once. SKU policies: set in Redis by the ``set_policy`` script (its ``policy_set``
-event carries the change to the ledger's ``sku_policies``); one policy is read from
-Redis, the list from the ledger (it may trail Redis by the writer's lag).
+at once. SKU policies: set in Redis by the ``set_policy`` script, whose ``policy_set``
+event is written through to the ledger (``sku_policies``) before the PUT is answered
+(:func:`onhand.ledger.barrier.set_policy_durably`), so Postgres is their record too
+and the change is live for the very next reservation. One policy is read from Redis,
+the list from the ledger.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from onhand.api.services import (
     json_response,
 )
 from onhand.domain import SkuPolicy
+from onhand.ledger.barrier import set_policy_durably
 
 router = APIRouter(prefix="/v1", tags=["catalog"])
 Admin = Annotated[ApiKey, Depends(RequireScope("admin"))]
@@ -145,7 +148,10 @@ async def list_warehouses(request: Request, key: Operator) -> Response:
 )
 async def put_policy(sku: IdPath, body: PolicyIn, request: Request, key: Admin) -> Response:
     policy = SkuPolicy(**body.model_dump())
-    await get_services(request).engine.set_policy(sku, policy, actor=f"key:{key.key_id}")
+    services = get_services(request)
+    await set_policy_durably(
+        services.engine, services.store, sku, policy, actor=f"key:{key.key_id}"
+    )
     return json_response(render_policy(sku, policy))
 
 
