@@ -139,6 +139,11 @@ CALLS: dict[str, Callable[[], Call]] = {
     "POST /v1/stock-receipts:bulk": lambda: Call(
         "POST", "/v1/stock-receipts:bulk", {"items": [RECEIPT]}
     ),
+    "POST /v1/stock-counts:bulk": lambda: Call(
+        "POST",
+        "/v1/stock-counts:bulk",
+        {"items": [{"sku": SKU, "warehouse": WH, "count": 0, "expected_version": 0}]},
+    ),
     "POST /v1/adjustments:bulk": lambda: Call(
         "POST", "/v1/adjustments:bulk", {"items": [ADJUSTMENT]}
     ),

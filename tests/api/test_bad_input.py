@@ -429,6 +429,20 @@ INT_FIELDS: dict[str, IntField] = {
         lambda v: {"items": [{"sku": SKU, "warehouse": WH, "qty": v}]},
         1,
     ),
+    "stock-counts:bulk.items.0.count": IntField(
+        "POST",
+        "/v1/stock-counts:bulk",
+        lambda v: {"items": [{"sku": SKU, "warehouse": WH, "count": v, "expected_version": 0}]},
+        3,
+        valid=(0,),
+    ),
+    "stock-counts:bulk.items.0.expected_version": IntField(
+        "POST",
+        "/v1/stock-counts:bulk",
+        lambda v: {"items": [{"sku": SKU, "warehouse": WH, "count": 3, "expected_version": v}]},
+        "{version}",
+        valid=(0,),
+    ),
     "adjustments:bulk.items.0.delta": IntField(
         "POST",
         "/v1/adjustments:bulk",
@@ -482,7 +496,6 @@ async def test_every_other_integer_field_refuses_non_integers_and_changes_nothin
         )
 
     await refused_and_unchanged(api, admin, [case(v) for v in bad], (400, 422))
-    ok = await admin.request(
-        spec.method, path, json=spec.body(spec.good), headers={**idem(), **headers}
-    )
+    good = int(spec.good.format(**values)) if isinstance(spec.good, str) else spec.good
+    ok = await admin.request(spec.method, path, json=spec.body(good), headers={**idem(), **headers})
     assert ok.status_code < 300, f"the control request of {name} failed: {ok.text}"

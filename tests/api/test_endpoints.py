@@ -306,6 +306,27 @@ async def test_bulk_receipts_and_adjustments_answer_207_and_apply_every_good_ite
     assert await level(c, "FULL", "W1", "on_hand") == (2**53 - 1,)
 
 
+async def test_a_bulk_stocktake_applies_each_count_against_its_own_version(api: Api):
+    c = await client(api, "stock:write")
+    await stock(c, "A", "W1", 10)
+    await stock(c, "B", "W1", 10)
+    version_a, version_b = [(await level(c, s, "W1", "version"))[0] for s in ("A", "B")]
+    await stock(c, "B", "W1", 1)  # B moved after it was counted: its count is stale
+    counts = [
+        {"sku": "A", "warehouse": "W1", "count": 7, "expected_version": version_a},
+        {"sku": "B", "warehouse": "W1", "count": 3, "expected_version": version_b},
+        {"sku": "C", "warehouse": "W1", "count": 4, "expected_version": 0},  # never seen
+    ]
+    r = await post(c, "/v1/stock-counts:bulk", {"items": counts, "reference": "q4"})
+    problem(r, 422, "invalid-input")  # unknown fields are refused, as everywhere
+    r = await post(c, "/v1/stock-counts:bulk", {"items": counts})
+    assert r.status_code == 207, r.text
+    results = r.json()["results"]
+    assert [x["status"] for x in results] == [201, 412, 201]
+    assert results[1]["problem"]["type"] == "urn:onhand:problem:precondition-failed"
+    assert [await level(c, s, "W1", "on_hand") for s in "ABC"] == [(7,), (11,), (4,)]
+
+
 # -- catalog ------------------------------------------------------------------------------
 async def test_warehouses_are_created_read_replaced_listed_and_usable_at_once(api: Api):
     c = await client(api, "admin")

@@ -179,6 +179,16 @@ class BulkAdjustments(Strict):
     items: Annotated[list[AdjustmentIn], Field(min_length=1, max_length=MAX_BULK)]
 
 
+class CountItemIn(CountIn):
+    expected_version: Annotated[
+        Count, Field(description="The record version the count was taken at (its ETag)")
+    ]
+
+
+class BulkCounts(Strict):
+    items: Annotated[list[CountItemIn], Field(min_length=1, max_length=MAX_BULK)]
+
+
 class StockLevelOut(BaseModel):
     sku: str
     warehouse: str

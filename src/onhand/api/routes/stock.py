@@ -20,9 +20,11 @@ from onhand.api.schemas import (
     ID,
     AdjustmentIn,
     BulkAdjustments,
+    BulkCounts,
     BulkReceipts,
     BulkResult,
     CountIn,
+    CountItemIn,
     ReceiptIn,
     SafetyStockIn,
     StockLevelOut,
@@ -83,6 +85,17 @@ async def get_stock_level(
 async def _receive(services: Services, key: ApiKey, item: ReceiptIn) -> StockLevel:
     return await services.engine.receive(
         item.sku, item.warehouse, item.qty, reference=item.reference, actor=_actor(key)
+    )
+
+
+async def _count(services: Services, key: ApiKey, item: CountItemIn) -> StockLevel:
+    return await services.engine.set_count(
+        item.sku,
+        item.warehouse,
+        item.count,
+        expected_version=item.expected_version,
+        reference=item.reference,
+        actor=_actor(key),
     )
 
 
@@ -222,7 +235,7 @@ async def _bulk(
     request: Request,
     key: ApiKey,
     idempotency_key: str,
-    body: BulkReceipts | BulkAdjustments,
+    body: BulkReceipts | BulkAdjustments | BulkCounts,
     run: Callable[[Services, ApiKey, Any], Awaitable[StockLevel]],
 ) -> Response:
     """Apply each item on its own; 207 with one result per item, under the key.
@@ -270,6 +283,19 @@ async def receive_bulk(
     body: BulkReceipts, request: Request, key: Operator, idempotency_key: IdempotencyKey
 ) -> Response:
     return await _bulk(request, key, idempotency_key, body, _receive)
+
+
+@router.post(
+    "/stock-counts:bulk",
+    status_code=207,
+    response_model=BulkResult,
+    responses=_PROBLEMS,
+    summary="Stocktake many records; each applies on its own against its expected_version",
+)
+async def count_bulk(
+    body: BulkCounts, request: Request, key: Operator, idempotency_key: IdempotencyKey
+) -> Response:
+    return await _bulk(request, key, idempotency_key, body, _count)
 
 
 @router.post(
