@@ -15,7 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
+from onhand.api.observer import sample
 from onhand.ledger.writer import StreamWriter
+from onhand.reaper import Reaper
 from onhand.settings import Settings
 from tests.api.support import Api, idem, open_api, order, stock, warehouse
 from tests.proxy import TcpProxy
@@ -506,6 +508,27 @@ async def test_metrics_expose_the_oversell_counter_at_zero_and_reservation_outco
     assert "onhand_oversell_total 0.0" in r.text
     assert 'onhand_reservations_total{outcome="held"} 1.0' in r.text
     assert "onhand_http_requests_total" in r.text
+
+
+async def test_metrics_show_confirm_latency_expired_holds_and_writer_lag(api: Api):
+    probe, c = await client(api, public=True), await shop(api, ("A", "W1", 5))
+    kept = await reserve(c, order("kept", ("A", 1)))
+    await act(c, kept["reservation_id"], "confirm")
+    await reserve(c, order("lapsed", ("A", 1), ttl_ms=1_000))
+    await asyncio.sleep(1.05)
+    assert await Reaper(api.services.engine, burst=True).tick() == 1
+    await reserve(c, order("waiting", ("A", 1)))  # not drained: the writer lags
+    assert await sample(api.services, count_expired=False) > 0
+    text = (await probe.get("/metrics")).text
+    assert "onhand_confirm_seconds_count 1.0" in text
+    assert "onhand_expired_holds 0.0" in text  # not counted in this sample
+    assert re.search(r"^onhand_writer_lag_seconds [1-9e.0-9-]+$", text, re.M), text
+    assert re.search(r"^onhand_writer_lag_seconds 0\.0$", text, re.M) is None
+    await drain(api)
+    assert await sample(api.services) == 0
+    text = (await probe.get("/metrics")).text
+    assert "onhand_expired_holds 1.0" in text
+    assert "onhand_writer_lag_seconds 0.0" in text
 
 
 async def test_docs_are_served_from_this_app_without_a_cdn(api: Api):

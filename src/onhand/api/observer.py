@@ -55,10 +55,11 @@ async def sample(services: Services, *, count_expired: bool = True) -> int:
                     entries += int(group.get("lag") or 0)
     metrics.writer_lag_seconds.set(lag_ms / 1000)
     metrics.writer_lag_entries.set(entries)
-    expired = await store.pool.fetchval(
-        "SELECT count(*) FROM reservations WHERE status = 'expired'"
-    )
-    metrics.expired.set(int(expired))
+    if count_expired:
+        expired = await store.pool.fetchval(
+            "SELECT count(*) FROM reservations WHERE status = 'expired'"
+        )
+        metrics.expired.set(int(expired))
     return lag_ms
 
 
