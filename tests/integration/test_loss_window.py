@@ -50,7 +50,7 @@ from tests.integration.ledger_support import Stack, open_stack
 from tests.integration.support import new_id, redis_clock_offset_ms
 from tests.servers import RedisServer
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+pytestmark = pytest.mark.postgres
 
 LOAD_S = 4.0
 """Sustained load before the kill (longer than ``EVERYSEC_BOUND_S``, so that bound can fail)."""
@@ -142,6 +142,7 @@ def _phantom_held(state: State) -> int:
     return phantom
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("private_redis", "mode"),
     [(args, mode) for mode, args in MODES.items()],
