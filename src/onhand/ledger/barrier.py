@@ -22,13 +22,29 @@ import time
 import asyncpg
 
 from onhand.domain import Reservation, SkuPolicy
-from onhand.engine.redis import RedisEngine
+from onhand.engine.redis import RedisEngine, StreamEvent
 from onhand.errors import EngineUnavailable
 from onhand.ledger.rows import Batch, add_reservation, build_batch
 from onhand.ledger.store import LedgerStore
 from onhand.ledger.writer import TRANSIENT_PG
 
 __all__ = ["DurableConfirms", "set_policy_durably"]
+
+
+def _movements_only(events: list[StreamEvent]) -> Batch:
+    """The ledger rows of ``events``, without advancing watermarks or stock levels.
+
+    A written-through event carries the record's absolute counters, which count earlier
+    events of its stream that the writer may not have committed yet (and that Redis may
+    still lose). The ``stock_levels`` projection is therefore left to the writer, which
+    applies every event in stream order; rehydrate derives held and committed from the
+    ledger's reservations (``settle_levels``).
+    """
+    batch = build_batch(
+        [(e.partition, e.stream_id, e.event) for e in events], advance_watermarks=False
+    )
+    batch.levels.clear()
+    return batch
 
 
 class DurableConfirms:
@@ -43,9 +59,7 @@ class DurableConfirms:
         confirmation = await self.engine.confirm_with_events(reservation_id, actor=actor)
         reservation, events = confirmation.reservation, confirmation.events
         if events:
-            batch = build_batch(
-                [(e.partition, e.stream_id, e.event) for e in events], advance_watermarks=False
-            )
+            batch = _movements_only(events)
             add_reservation(
                 batch, reservation, confirmation.fingerprint, confirmation.max_deadline_ms
             )
@@ -101,9 +115,7 @@ async def set_policy_durably(
     the writer records the first one later by its event id.
     """
     events = await engine.set_policy_with_events(sku, policy, actor=actor)
-    batch = build_batch(
-        [(e.partition, e.stream_id, e.event) for e in events], advance_watermarks=False
-    )
+    batch = _movements_only(events)
     try:
         await store.apply(batch)
     except TRANSIENT_PG as exc:

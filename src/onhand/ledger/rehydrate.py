@@ -4,7 +4,8 @@ Order of work (each step is safe to repeat if the process dies):
 
 1. refuse a Redis that still holds stock data unless ``force`` (an operator decision);
 2. fence: close every partition, so nothing is served from a half-built state;
-3. drain whatever the streams still hold into the ledger (idempotent);
+3. drain whatever the streams still hold into the ledger (idempotent), then settle the
+   projection: held and committed from the ledger's open reservations (:func:`settle_levels`);
 4. delete the namespace's keys, then write, 500 keys per script call: stock records and
    warehouse sets, SKU policies with their beyond-stock exposure, reservations (open
    ones with their deadline and hold indexes; resolved ones still within retention, so
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,7 +38,16 @@ from onhand.ledger.store import LedgerStore
 from onhand.ledger.writer import StreamWriter
 from onhand.state import RecordState, ReservationState, SkuState, State
 
-__all__ = ["RedisNotEmpty", "RehydrateReport", "VerificationFailed", "ledger_state", "rehydrate"]
+__all__ = [
+    "RedisNotEmpty",
+    "RehydrateReport",
+    "VerificationFailed",
+    "ledger_state",
+    "rehydrate",
+    "settle_levels",
+]
+
+logger = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]
 """``progress(phase, done, total)``."""
@@ -60,6 +71,80 @@ class RehydrateReport:
     epoch: int
     run_id: str
     seconds: float
+
+
+_DERIVED_LEVELS = """
+WITH open AS (
+    SELECT a.sku, a.warehouse,
+           sum(a.qty) FILTER (WHERE r.status = 'pending') AS held,
+           sum(a.qty) FILTER (WHERE r.status = 'confirmed') AS committed
+    FROM reservation_allocations a JOIN reservations r USING (reservation_id)
+    WHERE r.status IN ('pending', 'confirmed')
+    GROUP BY a.sku, a.warehouse
+), ahead AS (
+    -- movements the writer has not reached (written through by a durable confirm)
+    SELECT m.sku, m.warehouse, max(m.version) AS version
+    FROM movements m LEFT JOIN stream_watermarks w USING (partition)
+    WHERE m.warehouse IS NOT NULL
+      AND (m.stream_ms, m.stream_seq) > (coalesce(w.stream_ms, -1), coalesce(w.stream_seq, -1))
+    GROUP BY m.sku, m.warehouse
+)
+SELECT k.sku, k.warehouse,
+       coalesce(s.on_hand, 0) AS on_hand,
+       coalesce(o.held, 0) AS held, coalesce(o.committed, 0) AS committed,
+       coalesce(s.safety_stock, 0) AS safety_stock,
+       greatest(coalesce(s.version, 0), coalesce(a.version, 0)) AS version,
+       coalesce(s.low, false) AS low
+FROM (SELECT sku, warehouse FROM stock_levels UNION SELECT sku, warehouse FROM open) k
+LEFT JOIN stock_levels s USING (sku, warehouse)
+LEFT JOIN open o USING (sku, warehouse)
+LEFT JOIN ahead a USING (sku, warehouse)
+WHERE s.sku IS NULL OR (s.held, s.committed, s.version)
+      IS DISTINCT FROM (coalesce(o.held, 0), coalesce(o.committed, 0),
+                        greatest(s.version, coalesce(a.version, 0)))
+"""
+
+
+async def settle_levels(store: LedgerStore, *, now_ms: int) -> int:
+    """Make ``stock_levels`` agree with the ledger's reservations before a rebuild.
+
+    After Redis lost data, a record's projected ``held``/``committed`` may count holds
+    that were lost before the writer committed them (a written-through confirm moves
+    the record's version past events the ledger never got). Held and committed are
+    re-derived from the ledger's pending and confirmed reservations, and the version
+    is raised to the highest movement of the record, so no event id is reused. Returns
+    how many records were corrected (0 when the projection already agreed).
+    """
+    async with store.pool.acquire() as conn, conn.transaction():
+        rows = await conn.fetch(_DERIVED_LEVELS)
+        if rows:
+            await conn.execute(
+                _UPSERT_LEVELS,
+                *([r[c] for r in rows] for c in _LEVEL_COLUMNS),
+                [now_ms] * len(rows),
+            )
+    return len(rows)
+
+
+_LEVEL_COLUMNS = (
+    "sku",
+    "warehouse",
+    "on_hand",
+    "held",
+    "committed",
+    "safety_stock",
+    "version",
+    "low",
+)
+_UPSERT_LEVELS = """
+INSERT INTO stock_levels
+    (sku, warehouse, on_hand, held, committed, safety_stock, version, low, updated_ms)
+SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[],
+                     $6::bigint[], $7::bigint[], $8::bool[], $9::bigint[])
+ON CONFLICT (sku, warehouse) DO UPDATE SET
+    held = EXCLUDED.held, committed = EXCLUDED.committed, version = EXCLUDED.version,
+    updated_ms = EXCLUDED.updated_ms
+"""
 
 
 async def ledger_state(store: LedgerStore, *, now_ms: int, retention_ms: int) -> State:
@@ -398,6 +483,13 @@ async def rehydrate(
     await _delete_namespace(client, keys, keep_ready=False)
     seconds, micros = await client.time()
     now_ms = int(seconds) * 1000 + int(micros) // 1000
+    settled = await settle_levels(store, now_ms=now_ms)
+    if settled:
+        logger.warning(
+            "rehydrate: %d records' held/committed re-derived from the ledger's reservations"
+            " (holds lost with Redis before the writer committed them)",
+            settled,
+        )
     expected = await ledger_state(store, now_ms=now_ms, retention_ms=retention_ms)
     content = _content(keys, expected, retention_ms)
     counts = (
