@@ -1,0 +1,187 @@
+"""Side-by-side cost of a hot-path Lua script: a base revision against this checkout.
+
+    python -m loadtests.bench_scripts [--base main] [--rounds 4] [-n 50000]
+
+Both versions of the ``reserve`` script are assembled exactly as their own revision
+assembles them (the base revision's ``lua/`` and ``onhand/engine/scripts.py`` are taken
+from ``git archive`` and its ``script_source`` is used), loaded with ``SCRIPT LOAD``,
+and driven with the same KEYS and ARGV (those ``RedisEngine.reserve`` of this checkout
+builds: one unit of one SKU with 10⁹ units in one warehouse, a new id per call) by
+``redis-benchmark -c 50 -P 16``, interleaved: each round runs base, new and a trivial
+script with the same KEYS/ARGV, alternating which version goes first. Each version
+works in its own namespace (partitions opened with ``mark_ready``), removed
+afterwards. Printed per round and as medians: calls/s, µs per call inside Redis
+(``INFO commandstats``) and the new/base ratios; the load average before and after.
+
+Verified: the units held in each namespace equal the calls that version made minus
+the ids that repeated by chance (answered REPLAY), within the expected bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import importlib.util
+import io
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+from loadtests.bench import HOT, PARTITIONS, WH, _redis_cli_args, reserve_call
+from loadtests.common import REDIS_URL, delete_namespace
+from onhand.domain import MAX_QTY
+from onhand.engine.redis import RedisEngine, connect
+from onhand.engine.scripts import script_source
+
+REPO = Path(__file__).resolve().parents[1]
+RAND_RANGE = 2_147_483_647
+
+
+def base_script_source(ref: str) -> Callable[[str], str]:
+    """``script_source`` of revision ``ref``: its own assembly of its own files."""
+    tar = subprocess.run(
+        ["git", "-C", str(REPO), "archive", "--format=tar", ref, "lua", "src/onhand/engine"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    root = Path(tempfile.mkdtemp(prefix="onhand-base-"))
+    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+        archive.extractall(root, filter="data")
+    path = root / "src" / "onhand" / "engine" / "scripts.py"
+    spec = importlib.util.spec_from_file_location(f"onhand_base_scripts_{uuid.uuid4().hex}", path)
+    assert spec is not None and spec.loader is not None
+    module: ModuleType = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    source: Callable[[str], str] = module.script_source
+    return source
+
+
+def redis_benchmark(sha: str, keys: list[str], argv: list[str], n: int) -> float:
+    cmd = [
+        "redis-benchmark",
+        *_redis_cli_args(),
+        "-n",
+        str(n),
+        "-c",
+        "50",
+        "-P",
+        "16",
+        "-r",
+        str(RAND_RANGE),
+        "--csv",
+        "EVALSHA",
+        sha,
+        str(len(keys)),
+        *keys,
+        *argv,
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=True).stdout
+    rows = [r for r in csv.reader(out.splitlines()) if r and r[0] != "test"]
+    return float(rows[-1][1])
+
+
+def evalsha_stats(client: object) -> tuple[int, int]:
+    import redis
+
+    assert isinstance(client, redis.Redis)
+    stats = client.info("commandstats").get("cmdstat_evalsha", {})
+    return int(stats.get("calls", 0)), int(stats.get("usec", 0))
+
+
+async def prepare(namespace: str) -> tuple[list[str], list[str]]:
+    client = connect(REDIS_URL)
+    try:
+        engine = RedisEngine(client, namespace=namespace, partitions=PARTITIONS)
+        await engine.mark_ready(0)
+        await engine.receive(HOT, WH, MAX_QTY)
+        return await reserve_call(client, namespace, "a.__rand_int__")
+    finally:
+        await client.aclose()
+
+
+async def held(namespace: str) -> int:
+    client = connect(REDIS_URL)
+    try:
+        engine = RedisEngine(client, namespace=namespace, partitions=PARTITIONS)
+        return (await engine.stock_level(HOT, WH)).held
+    finally:
+        await client.aclose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base", default="main", help="git revision to compare against")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("-n", type=int, default=50_000, help="calls per run")
+    opts = parser.parse_args()
+
+    import redis
+
+    sync = redis.Redis.from_url(REDIS_URL)
+    sources = {"base": base_script_source(opts.base)("reserve"), "new": script_source("reserve")}
+    tag = uuid.uuid4().hex[:6]
+    spaces = {v: f"hbS{tag}{v}" for v in sources}
+    shas = {v: sync.script_load(src) for v, src in sources.items()}
+    calls = {v: 0 for v in sources}
+    results: dict[str, list[tuple[float, float]]] = {"base": [], "new": [], "trivial": []}
+    print(f"load average before: {os.getloadavg()}", flush=True)
+    print(f"base {opts.base}: {len(sources['base'])} chars; new: {len(sources['new'])} chars")
+    try:
+        argsets = {v: asyncio.run(prepare(ns)) for v, ns in spaces.items()}
+        shas["trivial"] = sync.script_load("return {'OK', ARGV[1]}")
+        argsets["trivial"] = argsets["new"]
+        for rnd in range(opts.rounds):
+            order = ["base", "new", "trivial"] if rnd % 2 == 0 else ["new", "base", "trivial"]
+            for v in order:
+                c0, u0 = evalsha_stats(sync)
+                rps = redis_benchmark(shas[v], *argsets[v], opts.n)
+                c1, u1 = evalsha_stats(sync)
+                results[v].append((rps, (u1 - u0) / max(1, c1 - c0)))
+                if v in calls:
+                    calls[v] += opts.n
+            b, n = results["base"][-1], results["new"][-1]
+            print(
+                f"round {rnd + 1}: base {b[0]:9,.0f}/s {b[1]:5.1f} µs | new {n[0]:9,.0f}/s "
+                f"{n[1]:5.1f} µs | trivial {results['trivial'][-1][0]:9,.0f}/s | "
+                f"new/base rate {n[0] / b[0]:.2f}x, µs {n[1] / b[1]:.2f}x",
+                flush=True,
+            )
+        for v, ns in spaces.items():
+            units = asyncio.run(held(ns))
+            dupes = calls[v] ** 2 / (2 * RAND_RANGE)
+            ok = calls[v] - max(10, 5 * dupes) <= units <= calls[v]
+            print(f"{v}: {units:,} units held for {calls[v]:,} calls ({'ok' if ok else 'BAD'})")
+            if not ok:
+                sys.exit(f"{v}: replies not as expected")
+    finally:
+        for ns in spaces.values():
+            delete_namespace(ns)
+        sync.close()
+
+    def med(v: str, i: int) -> float:
+        return statistics.median(r[i] for r in results[v])
+
+    rate = [n[0] / b[0] for b, n in zip(results["base"], results["new"], strict=True)]
+    us = [n[1] / b[1] for b, n in zip(results["base"], results["new"], strict=True)]
+    print(
+        f"median: base {med('base', 0):,.0f}/s {med('base', 1):.1f} µs/call; "
+        f"new {med('new', 0):,.0f}/s {med('new', 1):.1f} µs/call; "
+        f"trivial {med('trivial', 0):,.0f}/s {med('trivial', 1):.1f} µs/call"
+    )
+    print(
+        f"new/base: rate {statistics.median(rate):.2f}x (rounds {', '.join(f'{x:.2f}' for x in rate)})"
+        f"; µs per call {statistics.median(us):.2f}x"
+    )
+    print(f"load average after: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
