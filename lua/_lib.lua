@@ -32,20 +32,26 @@ local function fmt(n)
   return string.format('%d', n)
 end
 
+-- A decimal integer in lo..hi (bounds within +-MAX_STOCK) written canonically: no sign
+-- but '-', no leading zero, no '-0', at most 17 characters. The range check comes
+-- first (tonumber is cheap); the canonical-form pattern then rejects what tonumber also
+-- accepts ('1e3', '0x10', ' 7', '1.0', '007'). A value past 2^53 never rounds into range.
 local function int_of(s, lo, hi, what)
-  if type(s) ~= 'string' or #s == 0 or #s > 17 or not string.find(s, '^%-?[0-9]+$')
-      or string.find(s, '^%-?0[0-9]') or s == '-0' then
-    reject('BADARG', what)
-  end
-  local n = tonumber(s)
-  if not (n and n >= lo and n <= hi) then
+  local n = type(s) == 'string' and #s <= 17 and tonumber(s)
+  if not (n and n >= lo and n <= hi) or not (s == '0' or string.find(s, '^%-?[1-9][0-9]*$')) then
     reject('BADARG', what)
   end
   return n
 end
 
+-- what: the ARGV index, formatted only when the argument is rejected.
 local function arg_int(i, lo, hi)
-  return int_of(ARGV[i], lo, hi, fmt(i))
+  local s = ARGV[i]
+  local n = type(s) == 'string' and #s <= 17 and tonumber(s)
+  if not (n and n >= lo and n <= hi) or not (s == '0' or string.find(s, '^%-?[1-9][0-9]*$')) then
+    reject('BADARG', fmt(i))
+  end
+  return n
 end
 
 local function arg_id(i)
@@ -100,7 +106,12 @@ end
 local RUN_ID
 local function server_run_id()
   if not RUN_ID then
-    RUN_ID = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or '?'
+    -- A plain find and a fixed-width cut (a run_id is 40 hex digits): a pattern scan
+    -- of the whole section text cost more than generating it.
+    local info = redis.call('INFO', 'server')
+    local at = string.find(info, '\nrun_id:', 1, true)
+    local rid = at and string.sub(info, at + 8, at + 47)
+    RUN_ID = (rid and string.find(rid, '^%x+$') and #rid == 40) and rid or '?'
   end
   return RUN_ID
 end
@@ -115,7 +126,7 @@ local function require_ready(key)
 end
 
 local function num(v)
-  if not v then return 0 end
+  if not v or v == '0' then return 0 end
   if not string.find(v, '^%-?[0-9]+$') or #v > 17 then reject('CORRUPT') end
   return tonumber(v)
 end

@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from onhand.engine.scripts import SCRIPT_NAMES, lua_dir, script_source
+from onhand.engine.scripts import (
+    SCRIPT_NAMES,
+    _definitions,
+    _names,
+    library_for,
+    lua_dir,
+    script_source,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,6 +35,47 @@ def test_the_loader_splices_the_library_after_the_shebang():
     assert source.startswith("#!lua\n")
     assert "local function rec_change" in source
     assert (lua_dir() / "_lib.lua").is_file()
+
+
+def test_each_script_gets_the_library_definitions_it_uses_and_no_others():
+    lib = (ROOT / "lua" / "_lib.lua").read_text()
+    defs = _definitions(lib)
+    defined = set().union(*(d.defines for d in defs))
+    assert {"reject", "run", "start_clock", "require_ready", "rec_change"} <= defined
+    for name in SCRIPT_NAMES:
+        source = script_source(name)
+        kept = [d for d in defs if d.text in source]
+        provided = set().union(*(d.defines for d in kept))
+        # Closed: every library name the assembled script mentions is defined in it.
+        assert _names(source) & defined <= provided, name
+        # Minimal: every kept definition is used by the body or by another kept one.
+        body = (ROOT / "lua" / f"{name}.lua").read_text()
+        users = _names(body).union(*(d.uses for d in kept))
+        for d in kept:
+            assert d.defines & users, (name, d.defines)
+    mark_ready = script_source("mark_ready")
+    assert "local function server_run_id" in mark_ready
+    assert "local function header_load" not in mark_ready
+
+
+def test_library_selection_follows_uses_through_definitions_and_ignores_comments():
+    lib = """--[[ header ]]
+local A = 1
+-- b doubles A
+local function b() return A * 2 end
+local function c()
+  return 'b'  -- b
+end
+local D, E = {}, {}
+"""
+    assert (
+        library_for("return b()", lib)
+        == "local A = 1\n-- b doubles A\nlocal function b() return A * 2 end"
+    )
+    assert "local A" not in library_for("-- b()\nreturn c()", lib)
+    assert library_for("return E", lib).strip() == "local D, E = {}, {}"
+    with pytest.raises(ValueError, match="not a definition"):
+        library_for("", lib + "return 1\n")
 
 
 @pytest.mark.slow
