@@ -198,9 +198,10 @@ end
 -- whs (set key or nil), extra = flat list of extra event fields}.
 local function rec_change(r, s, c)
   local before = exposure(r)
-  r.on = r.on + (c.don or 0)
-  r.he = r.he + (c.dhe or 0)
-  r.co = r.co + (c.dco or 0)
+  local don, dhe, dco = c.don or 0, c.dhe or 0, c.dco or 0
+  r.on = r.on + don
+  r.he = r.he + dhe
+  r.co = r.co + dco
   if c.ss then r.ss = c.ss end
   r.v = r.v + 1
   local low = avail(r) < s.rp
@@ -209,31 +210,34 @@ local function rec_change(r, s, c)
     s.bey = s.bey + dbey
     redis.call('HSET', s.key, 'bey', fmt(s.bey))
   end
-  redis.call('HSET', r.key, 'on', fmt(r.on), 'he', fmt(r.he), 'co', fmt(r.co),
-             'ss', fmt(r.ss), 'v', fmt(r.v), 'low', low and '1' or '0')
+  -- Each level is formatted once, for the record and for the event.
+  local ons, hes, cos, sss, vs = fmt(r.on), fmt(r.he), fmt(r.co), fmt(r.ss), fmt(r.v)
+  local lows, beys = low and '1' or '0', fmt(s.bey)
+  redis.call('HSET', r.key, 'on', ons, 'he', hes, 'co', cos, 'ss', sss, 'v', vs, 'low', lows)
   if c.whs then redis.call('SADD', c.whs, c.wh) end
-  local vs = fmt(r.v)
   local f = {'id', 's:' .. c.sku .. ':' .. c.wh .. ':' .. vs, 't', c.etype, 'ts', NOWS,
              'sku', c.sku, 'wh', c.wh}
-  if (c.don or 0) ~= 0 then f[#f + 1] = 'don'; f[#f + 1] = fmt(c.don) end
-  if (c.dhe or 0) ~= 0 then f[#f + 1] = 'dhe'; f[#f + 1] = fmt(c.dhe) end
-  if (c.dco or 0) ~= 0 then f[#f + 1] = 'dco'; f[#f + 1] = fmt(c.dco) end
-  local levels = {'on', fmt(r.on), 'he', fmt(r.he), 'co', fmt(r.co), 'ss', fmt(r.ss),
-                  'v', vs, 'low', low and '1' or '0', 'bey', fmt(s.bey)}
-  for i = 1, #levels do f[#f + 1] = levels[i] end
-  if c.extra then
-    for i = 1, #c.extra, 2 do
-      if c.extra[i + 1] ~= '' then
-        f[#f + 1] = c.extra[i]; f[#f + 1] = c.extra[i + 1]
+  local n = 10
+  if don ~= 0 then f[n + 1] = 'don'; f[n + 2] = fmt(don); n = n + 2 end
+  if dhe ~= 0 then f[n + 1] = 'dhe'; f[n + 2] = fmt(dhe); n = n + 2 end
+  if dco ~= 0 then f[n + 1] = 'dco'; f[n + 2] = fmt(dco); n = n + 2 end
+  f[n + 1], f[n + 2], f[n + 3], f[n + 4], f[n + 5], f[n + 6] = 'on', ons, 'he', hes, 'co', cos
+  f[n + 7], f[n + 8], f[n + 9], f[n + 10] = 'ss', sss, 'v', vs
+  f[n + 11], f[n + 12], f[n + 13], f[n + 14] = 'low', lows, 'bey', beys
+  n = n + 14
+  local extra = c.extra
+  if extra then
+    for i = 1, #extra, 2 do
+      if extra[i + 1] ~= '' then
+        f[n + 1] = extra[i]; f[n + 2] = extra[i + 1]; n = n + 2
       end
     end
   end
   emit(c.stream, f)
   if low and not r.low then
-    local g = {'id', 'l:' .. c.sku .. ':' .. c.wh .. ':' .. vs, 't', 'low_stock', 'ts', NOWS,
-               'sku', c.sku, 'wh', c.wh}
-    for i = 1, #levels do g[#g + 1] = levels[i] end
-    emit(c.stream, g)
+    emit(c.stream, {'id', 'l:' .. c.sku .. ':' .. c.wh .. ':' .. vs, 't', 'low_stock',
+                    'ts', NOWS, 'sku', c.sku, 'wh', c.wh, 'on', ons, 'he', hes, 'co', cos,
+                    'ss', sss, 'v', vs, 'low', lows, 'bey', beys})
   end
   r.low = low
 end
