@@ -73,6 +73,7 @@ __all__ = ["DEFAULT_RETENTION_MS", "Confirmation", "RedisEngine", "StreamEvent",
 DEFAULT_RETENTION_MS = 24 * 60 * 60 * 1000
 """Resolved reservations are kept this long (24 h) so repeats stay idempotent."""
 _OK = ("OK", "REPLAY")
+_LINE_KEYS_MAX = 65_536
 RUN_ID_TTL_S = 1.0
 """Reads trust a cached server run_id this long (writes check the live one)."""
 
@@ -143,6 +144,7 @@ class RedisEngine(StockEngine):
         self._retention = str(check_int("retention_ms", retention_ms, 1, MAX_STOCK))
         self._run_id: str | None = None
         self._run_id_checked = 0.0
+        self._line_keys_memo: dict[str, tuple[str, str, str, str, str]] = {}
 
     # -- calling scripts -----------------------------------------------------------------
     def _now_arg(self) -> str:
@@ -336,6 +338,18 @@ class RedisEngine(StockEngine):
         return policy
 
     # -- reservations --------------------------------------------------------------------
+    def _line_keys(self, sku: str) -> tuple[str, str, str, str, str]:
+        """A reserve line's SKU keys (policy, warehouses, holds, stream, ready marker),
+        built once per SKU: five CRC-32s and f-strings per line on every call otherwise.
+        The memo is bounded (cleared when it reaches ``_LINE_KEYS_MAX`` SKUs)."""
+        cached = self._line_keys_memo.get(sku)
+        if cached is None:
+            cached = self.keys.line_keys(sku)
+            if len(self._line_keys_memo) >= _LINE_KEYS_MAX:
+                self._line_keys_memo.clear()
+            self._line_keys_memo[sku] = cached
+        return cached
+
     def _reservation(self, rid: str, at: int, out: list[str], replayed: bool) -> Reservation:
         status, created, deadline, owner, allocs_json = out[:5]
         allocs = tuple(
@@ -355,7 +369,7 @@ class RedisEngine(StockEngine):
         if not isinstance(request, ReserveRequest):
             raise InvalidInput("request", "must be a ReserveRequest")
         k, rid = self.keys, request.reservation_id
-        keys = [k.reservation(rid), k.reservation_deadlines(rid), k.reservation_ready(rid)]
+        keys = list(k.reservation_keys(rid))
         args = [
             self._retention,
             rid,
@@ -367,14 +381,8 @@ class RedisEngine(StockEngine):
             str(len(request.lines)),
         ]
         for line in request.lines:
-            keys += [
-                k.sku(line.sku),
-                k.warehouses(line.sku),
-                k.holds(line.sku),
-                k.sku_stream(line.sku),
-                k.sku_ready(line.sku),
-            ]
-            keys += [k.stock(line.sku, wh) for wh in line.warehouses]
+            keys += self._line_keys(line.sku)
+            keys += k.stocks(line.sku, line.warehouses)
             args += [
                 line.sku,
                 str(line.qty),
