@@ -1,6 +1,7 @@
 """Side-by-side cost of a hot-path Lua script: a base revision against this checkout.
 
     python -m loadtests.bench_scripts [--base main] [--rounds 4] [-n 50000]
+    python -m loadtests.bench_scripts --engine-seconds 4 [--rounds 3]
 
 Both versions of the ``reserve`` script are assembled exactly as their own revision
 assembles them (the base revision's ``lua/`` and ``onhand/engine/scripts.py`` are taken
@@ -19,6 +20,12 @@ before and after.
 Verified: the units held in each namespace equal the calls that version made, give or
 take the ids that repeated by chance (answered REPLAY) and the requests redis-benchmark
 sends past ``-n`` (it completes whole pipelines).
+
+``--engine-seconds S`` compares the engine instead (figure b of ``loadtests.bench``):
+per round, one process of each revision (the base from ``git archive``, its own
+``src``) runs ``RedisEngine(coalesce=True).reserve`` from 256 tasks for S seconds
+after 1 s of warm-up, in its own namespace; printed: reservations/s, CPU of that
+process per reservation, failures, and whether units held = successful calls.
 """
 
 from __future__ import annotations
@@ -49,16 +56,22 @@ REPO = Path(__file__).resolve().parents[1]
 RAND_RANGE = 2_147_483_647
 
 
-def base_script_source(ref: str) -> Callable[[str], str]:
-    """``script_source`` of revision ``ref``: its own assembly of its own files."""
+def base_tree(ref: str) -> Path:
+    """``lua/`` and ``src/`` of revision ``ref`` in a new temporary directory."""
     tar = subprocess.run(
-        ["git", "-C", str(REPO), "archive", "--format=tar", ref, "lua", "src/onhand/engine"],
+        ["git", "-C", str(REPO), "archive", "--format=tar", ref, "lua", "src"],
         capture_output=True,
         check=True,
     ).stdout
     root = Path(tempfile.mkdtemp(prefix="onhand-base-"))
     with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
         archive.extractall(root, filter="data")
+    return root
+
+
+def base_script_source(ref: str) -> Callable[[str], str]:
+    """``script_source`` of revision ``ref``: its own assembly of its own files."""
+    root = base_tree(ref)
     path = root / "src" / "onhand" / "engine" / "scripts.py"
     spec = importlib.util.spec_from_file_location(f"onhand_base_scripts_{uuid.uuid4().hex}", path)
     assert spec is not None and spec.loader is not None
@@ -127,12 +140,109 @@ async def held(namespace: str) -> int:
         await client.aclose()
 
 
+ENGINE_LOAD = """
+import asyncio, json, os, sys, time, uuid
+from onhand.domain import MAX_QTY, Line, ReserveRequest
+from onhand.engine.redis import RedisEngine, connect
+from onhand.errors import OnhandError
+
+async def main(url, ns, seconds):
+    client = connect(url, max_connections=300)
+    engine = RedisEngine(client, namespace=ns, partitions=16, coalesce=True)
+    await engine.mark_ready(0)
+    await engine.receive("HOT", "W1", MAX_QTY)
+    line, ok, failed = Line("HOT", 1, ("W1",)), [0], [0]
+
+    async def caller(task, stop, count):
+        token, i = uuid.uuid4().hex[:8], 0
+        while time.monotonic() < stop:
+            i += 1
+            try:
+                await engine.reserve(ReserveRequest(f"{token}.{task}.{i}", (line,), 3600000))
+            except OnhandError:
+                failed[0] += 1
+                continue
+            ok[0] += count
+
+    stop = time.monotonic() + 1.0
+    await asyncio.gather(*(caller(t, stop, 0) for t in range(256)))
+    warm = (await engine.stock_level("HOT", "W1")).held
+    cpu, t0 = time.process_time(), time.perf_counter()
+    stop = time.monotonic() + seconds
+    await asyncio.gather(*(caller(t, stop, 1) for t in range(256)))
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu
+    held = (await engine.stock_level("HOT", "W1")).held
+    await client.aclose()
+    print(json.dumps({"rate": ok[0] / wall, "cpu_us": cpu / max(1, ok[0]) * 1e6,
+                      "failed": failed[0], "held_ok": held - warm == ok[0]}))
+
+asyncio.run(main(sys.argv[1], sys.argv[2], float(sys.argv[3])))
+"""
+
+
+def engine_rounds(opts: argparse.Namespace) -> None:
+    import json
+
+    trees = {"base": base_tree(opts.base) / "src", "new": REPO / "src"}
+    tag = uuid.uuid4().hex[:6]
+    rates: dict[str, list[float]] = {"base": [], "new": []}
+    cpus: dict[str, list[float]] = {"base": [], "new": []}
+    print(f"load average before: {os.getloadavg()}", flush=True)
+    try:
+        for rnd in range(opts.rounds):
+            order = ["base", "new"] if rnd % 2 == 0 else ["new", "base"]
+            for v in order:
+                env = {**os.environ, "PYTHONPATH": str(trees[v])}
+                ns = f"hbE{tag}{v}{rnd}"
+                out = subprocess.run(
+                    [sys.executable, "-c", ENGINE_LOAD, REDIS_URL, ns, str(opts.engine_seconds)],
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                    timeout=120 + 2 * opts.engine_seconds,
+                    check=True,
+                ).stdout
+                delete_namespace(ns)
+                r = json.loads(out)
+                print(
+                    f"round {rnd + 1} {v:4s}: {r['rate']:8,.0f} reservations/s, "
+                    f"{r['cpu_us']:5.1f} µs CPU each, {r['failed']} failed, "
+                    f"held = successes: {r['held_ok']}",
+                    flush=True,
+                )
+                if r["failed"] or not r["held_ok"]:
+                    sys.exit(f"{v}: failures or units held != successes")
+                rates[v].append(r["rate"])
+                cpus[v].append(r["cpu_us"])
+    finally:
+        r = __import__("redis").Redis.from_url(REDIS_URL)
+        for key in r.scan_iter(match=f"hbE{tag}*", count=1000):
+            r.unlink(key)
+        r.close()
+    rate = [n / b for b, n in zip(rates["base"], rates["new"], strict=True)]
+    cpu = [n / b for b, n in zip(cpus["base"], cpus["new"], strict=True)]
+    print(
+        f"median base {statistics.median(rates['base']):,.0f}/s "
+        f"{statistics.median(cpus['base']):.1f} µs CPU; new "
+        f"{statistics.median(rates['new']):,.0f}/s {statistics.median(cpus['new']):.1f} µs CPU"
+    )
+    print(
+        f"new/base: rate {statistics.median(rate):.2f}x (rounds "
+        f"{', '.join(f'{x:.2f}' for x in rate)}); CPU per reservation {statistics.median(cpu):.2f}x"
+    )
+    print(f"load average after: {os.getloadavg()}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", default="main", help="git revision to compare against")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("-n", type=int, default=50_000, help="calls per run")
+    parser.add_argument("--engine-seconds", type=float, default=0, help="compare the engine")
     opts = parser.parse_args()
+    if opts.engine_seconds:
+        engine_rounds(opts)
+        return
 
     import redis
 

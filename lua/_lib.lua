@@ -2,9 +2,12 @@
   _lib.lua — helpers shared by every onhand script.
 
   onhand.engine.scripts prepends this file to each script's body (after the script's
-  own `#!lua` line), so every function here is a local of that script. Nothing here
-  writes on its own; the writers (rec_change, resolve) are called only after a
-  script has checked every precondition.
+  own `#!lua` line), so every function here is a local of that script — only the
+  top-level definitions the script uses, directly or through other definitions
+  (library_for). Hence the layout rule: every top-level statement is a `local`
+  definition starting in column 0, with its comment lines right above it; the loader
+  rejects anything else. Nothing here writes on its own; the writers (rec_change,
+  resolve) are called only after a script has checked every precondition.
 
   Conventions
     * Every argument arrives as a string and is validated as a string *before* any
