@@ -5,7 +5,9 @@
 
 Both versions of the ``reserve`` script are assembled exactly as their own revision
 assembles them (the base revision's ``lua/`` and ``onhand/engine/scripts.py`` are taken
-from ``git archive`` and its ``script_source`` is used), loaded with ``SCRIPT LOAD``,
+from ``git archive``): a revision with a function library (``library_source``) is
+loaded with ``FUNCTION LOAD`` and called with FCALL, an older one's ``script_source``
+with ``SCRIPT LOAD`` and EVALSHA (the trivial baseline is an EVALSHA),
 and driven with the same KEYS and ARGV (those ``RedisEngine.reserve`` of this checkout
 builds: one unit of one SKU with 10⁹ units in one warehouse, a new id per call) by
 ``redis-benchmark -c 50 -P 16``, interleaved: each round runs base, new and a trivial
@@ -42,15 +44,14 @@ import sys
 import tarfile
 import tempfile
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
+import onhand.engine.scripts as new_scripts
 from loadtests.bench import HOT, PARTITIONS, WH, _comm, _redis_cli_args, cpu_seconds, reserve_call
 from loadtests.common import REDIS_URL, delete_namespace
 from onhand.domain import MAX_QTY
 from onhand.engine.redis import RedisEngine, connect
-from onhand.engine.scripts import script_source
 
 REPO = Path(__file__).resolve().parents[1]
 RAND_RANGE = 2_147_483_647
@@ -69,19 +70,35 @@ def base_tree(ref: str) -> Path:
     return root
 
 
-def base_script_source(ref: str) -> Callable[[str], str]:
-    """``script_source`` of revision ``ref``: its own assembly of its own files."""
+def base_scripts(ref: str) -> ModuleType:
+    """``onhand.engine.scripts`` of revision ``ref``, reading its own ``lua/`` files."""
     root = base_tree(ref)
     path = root / "src" / "onhand" / "engine" / "scripts.py"
     spec = importlib.util.spec_from_file_location(f"onhand_base_scripts_{uuid.uuid4().hex}", path)
     assert spec is not None and spec.loader is not None
     module: ModuleType = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    source: Callable[[str], str] = module.script_source
-    return source
+    return module
 
 
-def redis_benchmark(sha: str, keys: list[str], argv: list[str], n: int) -> float:
+def reserve_command(scripts: ModuleType, client: object) -> list[str]:
+    """How ``scripts`` (a revision's ``onhand.engine.scripts``) runs ``reserve``: FCALL of
+    its function library if it has one (loaded here), else EVALSHA of its EVAL script."""
+    import redis
+
+    assert isinstance(client, redis.Redis)
+    if hasattr(scripts, "library_source"):
+        library = scripts.library_source()
+        try:
+            client.execute_command("FUNCTION", "LOAD", library.source)  # type: ignore[no-untyped-call]
+        except redis.ResponseError as exc:
+            if "already exists" not in str(exc):
+                raise
+        return ["FCALL", library.functions["reserve"]]
+    return ["EVALSHA", client.script_load(scripts.script_source("reserve"))]
+
+
+def redis_benchmark(command: list[str], keys: list[str], argv: list[str], n: int) -> float:
     cmd = [
         "redis-benchmark",
         *_redis_cli_args(),
@@ -94,8 +111,7 @@ def redis_benchmark(sha: str, keys: list[str], argv: list[str], n: int) -> float
         "-r",
         str(RAND_RANGE),
         "--csv",
-        "EVALSHA",
-        sha,
+        *command,
         str(len(keys)),
         *keys,
         *argv,
@@ -106,14 +122,17 @@ def redis_benchmark(sha: str, keys: list[str], argv: list[str], n: int) -> float
 
 
 def evalsha_stats(client: object, pid: int | None) -> tuple[int, int, float]:
-    """EVALSHA calls, their µs (INFO commandstats) and the Redis process's CPU seconds
+    """Script calls (FCALL + EVALSHA), their µs (INFO commandstats) and the Redis
+    process's CPU seconds
     (utime + stime; 0 when the server is not a local process)."""
     import redis
 
     assert isinstance(client, redis.Redis)
-    stats = client.info("commandstats").get("cmdstat_evalsha", {})
+    info = client.info("commandstats")
+    calls = sum(int(info.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("fcall", "evalsha"))
+    usec = sum(int(info.get(f"cmdstat_{c}", {}).get("usec", 0)) for c in ("fcall", "evalsha"))
     cpu = cpu_seconds([pid]) if pid is not None else 0.0
-    return int(stats.get("calls", 0)), int(stats.get("usec", 0)), cpu
+    return calls, usec, cpu
 
 
 async def prepare(namespace: str, rounds: int) -> list[tuple[list[str], list[str]]]:
@@ -247,19 +266,21 @@ def main() -> None:
     import redis
 
     sync = redis.Redis.from_url(REDIS_URL)
-    sources = {"base": base_script_source(opts.base)("reserve"), "new": script_source("reserve")}
+    commands = {
+        "base": reserve_command(base_scripts(opts.base), sync),
+        "new": reserve_command(new_scripts, sync),
+    }
     tag = uuid.uuid4().hex[:6]
-    spaces = {v: f"hbS{tag}{v}" for v in sources}
-    shas = {v: sync.script_load(src) for v, src in sources.items()}
-    calls = dict.fromkeys(sources, 0)
+    spaces = {v: f"hbS{tag}{v}" for v in commands}
+    calls = dict.fromkeys(commands, 0)
     results: dict[str, list[tuple[float, float, float]]] = {"base": [], "new": [], "trivial": []}
     server_pid = int(sync.info("server")["process_id"])
     pid = server_pid if _comm(server_pid) == "redis-server" else None
     print(f"load average before: {os.getloadavg()}", flush=True)
-    print(f"base {opts.base}: {len(sources['base'])} chars; new: {len(sources['new'])} chars")
+    print(f"base {opts.base}: {' '.join(commands['base'])}; new: {' '.join(commands['new'])}")
     try:
         argsets = {v: asyncio.run(prepare(ns, opts.rounds)) for v, ns in spaces.items()}
-        shas["trivial"] = sync.script_load("return {'OK', ARGV[1]}")
+        commands["trivial"] = ["EVALSHA", sync.script_load("return {'OK', ARGV[1]}")]
         argsets["trivial"] = argsets["new"]
         # redis-benchmark may send a few requests past -n (whole pipelines).
         overshoot = 50 * 16
@@ -267,7 +288,7 @@ def main() -> None:
             order = ["base", "new", "trivial"] if rnd % 2 == 0 else ["new", "base", "trivial"]
             for v in order:
                 c0, u0, t0 = evalsha_stats(sync, pid)
-                rps = redis_benchmark(shas[v], *argsets[v][rnd], opts.n)
+                rps = redis_benchmark(commands[v], *argsets[v][rnd], opts.n)
                 c1, u1, t1 = evalsha_stats(sync, pid)
                 calls_in = max(1, c1 - c0)
                 results[v].append((rps, (u1 - u0) / calls_in, (t1 - t0) * 1e6 / calls_in))

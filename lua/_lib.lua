@@ -1,13 +1,18 @@
 --[[
   _lib.lua — helpers shared by every onhand script.
 
-  onhand.engine.scripts prepends this file to each script's body (after the script's
-  own `#!lua` line), so every function here is a local of that script — only the
-  top-level definitions the script uses, directly or through other definitions
-  (library_for). Hence the layout rule: every top-level statement is a `local`
-  definition starting in column 0, with its comment lines right above it; the loader
-  rejects anything else. Nothing here writes on its own; the writers (rec_change,
-  resolve) are called only after a script has checked every precondition.
+  onhand.engine.scripts puts this file at the top of the function library that holds
+  every script (library_source): its definitions are created once, when a server
+  loads the library, and shared by all scripts. State that belongs to one call is
+  marked `-- per call` on its definition line; each function's callback sets it back
+  to that initial value before the script runs (and sets KEYS and ARGV), so a call
+  sees exactly what a fresh EVAL of the script would. Nothing else here may be
+  assigned during a call, except RUN_ID (see fencing). The layout rule: every
+  top-level statement is a `local` definition starting in column 0, with its comment
+  lines right above it; the loader rejects anything else. (script_source still
+  assembles one script as a standalone EVAL script from the definitions it uses.)
+  Nothing here writes on its own; the writers (rec_change, resolve) are called only
+  after a script has checked every precondition.
 
   Conventions
     * Every argument arrives as a string and is validated as a string *before* any
@@ -24,8 +29,8 @@
 local MAX_QTY = 1000000000
 local MAX_STOCK = 9007199254740991
 local MAX_TTL_MS = 86400000
-local NOW = 0
-local NOWS = '0'
+local NOW = 0  -- per call
+local NOWS = '0'  -- per call
 
 local function reject(...)
   error({...}, 0)
@@ -106,6 +111,14 @@ end
 -- this server's run_id. A restart (the run_id changes), a promoted replica (another
 -- run_id) or a flush (no marker) closes every partition until the ledger has verified
 -- or rebuilt Redis and stamped the markers again (onhand.ledger.fencing).
+-- RUN_ID is read from INFO server on the first call that needs it and then kept for
+-- the life of this library's Lua state (not reset per call): that state lives inside
+-- one server process (it is built when that process loads the library — at startup
+-- from its RDB/AOF, from its master, or by FUNCTION LOAD/RESTORE — and dies with the
+-- process), and a process's run_id never changes while it runs. So the cached value is
+-- what INFO would answer on every later call: a restarted server or a promoted
+-- replica is another process with its own library state and reads its own run_id.
+-- (As a standalone EVAL script, script_source, RUN_ID lives for one call.)
 local RUN_ID
 local function server_run_id()
   if not RUN_ID then
@@ -119,7 +132,7 @@ local function server_run_id()
   return RUN_ID
 end
 
-local READY = {}
+local READY = {}  -- per call
 local function require_ready(key)
   if READY[key] then return end
   local v = redis.call('GET', key)
@@ -134,7 +147,7 @@ local function num(v)
   return tonumber(v)
 end
 
-local RECS = {}
+local RECS = {}  -- per call
 local function rec_load(key)
   local r = RECS[key]
   if r then return r end
@@ -156,7 +169,7 @@ local function exposure(r)
   return math.max(0, r.he + r.co - math.max(0, r.on - r.ss))
 end
 
-local SKUS = {}
+local SKUS = {}  -- per call
 local POLICY_FIELDS = {'bo', 'po', 'prel', 'rp', 'rq', 'lt', 'mlq'}
 local function sku_load(key)
   local s = SKUS[key]
@@ -178,7 +191,7 @@ end
 
 -- Every entry this script appended: {stream, entry id, fields}, for replies that must
 -- carry their events (confirm: the ledger writes them through before answering).
-local EMITTED = {}
+local EMITTED = {}  -- per call
 local function emit(stream, f)
   local id = redis.call('XADD', stream, '*', unpack(f))
   EMITTED[#EMITTED + 1] = {stream, id, f}

@@ -1,15 +1,15 @@
-"""The coalescer writes EVALSHA in RESP itself: byte for byte what redis-py sends."""
+"""The coalescer writes FCALL in RESP itself: byte for byte what redis-py sends."""
 
 from __future__ import annotations
 
 from redis.asyncio.connection import Connection
 
-from onhand.engine.coalesce import pack_evalsha
+from onhand.engine.coalesce import pack_fcall
 
-SHA = "0123456789abcdef0123456789abcdef01234567"
+FUNCTION = "onhand_0123456789ab_reserve"
 
 
-def test_pack_evalsha_matches_redis_py_for_keys_args_empty_and_non_ascii_values():
+def test_pack_fcall_matches_redis_py_for_keys_args_empty_and_non_ascii_values():
     conn = Connection()
     cases = [
         ([], []),
@@ -18,5 +18,5 @@ def test_pack_evalsha_matches_redis_py_for_keys_args_empty_and_non_ascii_values(
         ([f"k{i}" for i in range(12)], [str(i) for i in range(15)]),
     ]
     for keys, args in cases:
-        expected = b"".join(conn.pack_command("EVALSHA", SHA, len(keys), *keys, *args))
-        assert pack_evalsha(SHA, keys, args) == expected, (keys, args)
+        expected = b"".join(conn.pack_command("FCALL", FUNCTION, len(keys), *keys, *args))
+        assert pack_fcall(FUNCTION, keys, args) == expected, (keys, args)

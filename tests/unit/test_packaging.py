@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import zipfile
@@ -14,6 +15,7 @@ from onhand.engine.scripts import (
     _definitions,
     _names,
     library_for,
+    library_source,
     lua_dir,
     script_source,
 )
@@ -89,3 +91,26 @@ def test_the_wheel_contains_every_lua_script(tmp_path: Path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for name in (*SCRIPT_NAMES, "_lib"):
         assert f"onhand/lua/{name}.lua" in names
+
+
+def test_the_function_library_registers_every_script_with_its_shebang_flags():
+    library = library_source()
+    source = library.source
+    assert source.startswith(f"#!lua name={library.name}\n")
+    assert re.fullmatch(r"onhand_[0-9a-f]{12}", library.name)
+    assert set(library.functions) == set(SCRIPT_NAMES)
+    for name, function in library.functions.items():
+        flags = "{'no-writes'}" if name in ("read", "digest") else "{}"
+        assert f"function_name = '{function}', flags = {flags}," in source, name
+        assert f"local function script_{name}()" in source
+    # Each callback sets KEYS/ARGV and resets the per-call state before the body runs.
+    reset = source.split("local function reset()\n", 1)[1].split("\nend\n", 1)[0]
+    assert reset.split("\n") == [
+        "  NOW = 0",
+        "  NOWS = '0'",
+        "  READY = {}",
+        "  RECS = {}",
+        "  SKUS = {}",
+        "  EMITTED = {}",
+    ]
+    assert source.count("KEYS, ARGV = keys, args; reset(); return script_") == len(SCRIPT_NAMES)

@@ -1,8 +1,8 @@
 """Coalescing concurrent script calls into pipelines (one round trip for many callers).
 
-Each caller's ``EVALSHA`` waits in a queue; a flusher sends everything queued as one
+Each caller's ``FCALL`` waits in a queue; a flusher sends everything queued as one
 non-transactional pipeline and hands each reply back to its caller. The pipeline is
-written in RESP directly (:func:`pack_evalsha`) on a connection of the client's pool
+written in RESP directly (:func:`pack_fcall`) on a connection of the client's pool
 and its replies are read one by one with the connection's own parser: redis-py's
 generic pipeline (a command stack, a per-argument encoder, response callbacks) cost
 more CPU per call than the script call's own work in Python. While up to
@@ -10,8 +10,9 @@ more CPU per call than the script call's own work in Python. While up to
 batch grows with the load and a lone caller pays no delay beyond one loop turn.
 
 Semantics are those of separate calls: each script stays atomic on its own (no
-MULTI), replies and errors are per call, a ``NOSCRIPT`` reply (script cache flushed,
-failover) reloads the script and runs that call again (it did not run). If the
+MULTI), replies and errors are per call, a "function not found" reply (library not
+on that server: new or flushed server, failover) loads the library and runs that call
+again (it did not run). If the
 connection fails mid-pipeline, every call of that pipeline fails with the error: some
 may have run — exactly the ambiguity of a timeout on a single call, which the engine
 already answers with ``EngineUnavailable`` and ids that make retries safe.
@@ -25,19 +26,21 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["Coalescer", "pack_evalsha"]
+from onhand.engine.scripts import ScriptFunction, function_missing
 
-_EVALSHA = b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%b\r\n$%d\r\n%d\r\n"
+__all__ = ["Coalescer", "pack_fcall"]
+
+_FCALL = b"*%d\r\n$5\r\nFCALL\r\n$%d\r\n%b\r\n$%d\r\n%d\r\n"
 
 
-def pack_evalsha(sha: str, keys: Sequence[str], args: Sequence[str]) -> bytes:
-    """``EVALSHA sha len(keys) *keys *args`` as one RESP array (UTF-8 bulk strings)."""
+def pack_fcall(function: str, keys: Sequence[str], args: Sequence[str]) -> bytes:
+    """``FCALL function len(keys) *keys *args`` as one RESP array (UTF-8 bulk strings)."""
     n = len(keys)
-    head = _EVALSHA % (3 + n + len(args), sha.encode(), len(str(n)), n)
+    name = function.encode()
+    head = _FCALL % (3 + n + len(args), len(name), name, len(str(n)), n)
     parts = [head]
     for item in (*keys, *args):
         data = item.encode()
@@ -45,7 +48,7 @@ def pack_evalsha(sha: str, keys: Sequence[str], args: Sequence[str]) -> bytes:
     return b"".join(parts)
 
 
-_Call = tuple[AsyncScript, Sequence[str], Sequence[str], "asyncio.Future[Any]"]
+_Call = tuple[ScriptFunction, Sequence[str], Sequence[str], "asyncio.Future[Any]"]
 
 
 class Coalescer:
@@ -60,7 +63,7 @@ class Coalescer:
         self.pipelines = 0
         self.calls = 0
 
-    async def call(self, script: AsyncScript, keys: Sequence[str], args: Sequence[str]) -> Any:
+    async def call(self, script: ScriptFunction, keys: Sequence[str], args: Sequence[str]) -> Any:
         # One loop per coalescer (the client's connections belong to it anyway); looked
         # up once, because get_running_loop() costs a getpid() syscall on Python 3.11.
         loop = self._loop
@@ -83,7 +86,7 @@ class Coalescer:
     async def _send(self, batch: list[_Call]) -> None:
         try:
             try:
-                payload = b"".join(pack_evalsha(s.sha, k, a) for s, k, a, _ in batch)
+                payload = b"".join(pack_fcall(s.function, k, a) for s, k, a, _ in batch)
                 replies = await self._roundtrip(payload, len(batch))
             except BaseException as exc:  # the connection failed: every call shares it
                 for *_, future in batch:
@@ -97,7 +100,7 @@ class Coalescer:
             for (script, keys, args, future), reply in zip(batch, replies, strict=True):
                 if future.done():
                     continue
-                if isinstance(reply, NoScriptError):
+                if function_missing(reply):
                     self._rerun(script, keys, args, future)
                 elif isinstance(reply, Exception):
                     future.set_exception(reply)
@@ -139,7 +142,7 @@ class Coalescer:
             await pool.release(conn)
 
     def _rerun(
-        self, script: AsyncScript, keys: Sequence[str], args: Sequence[str], future: Any
+        self, script: ScriptFunction, keys: Sequence[str], args: Sequence[str], future: Any
     ) -> None:
         async def again() -> None:
             try:

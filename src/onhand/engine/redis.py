@@ -114,7 +114,8 @@ _RECORD_FIELDS = ("on", "he", "co", "ss", "v", "low")
 
 
 class RedisEngine(StockEngine):
-    """:class:`StockEngine` over Redis. Scripts are registered at construction (no I/O).
+    """:class:`StockEngine` over Redis. The script library is built at construction (no
+    I/O) and loaded into Redis by the first call that finds it missing.
 
     ``clock``: ``None`` (production) makes every script read the Redis server clock;
     a :class:`~onhand.engine.base.ManualClock` fixes the time instead (tests only).
@@ -167,7 +168,7 @@ class RedisEngine(StockEngine):
                 if attempt + 1 == attempts:
                     raise EngineUnavailable(f"{name}: {exc}") from exc
             except OutOfMemoryError as exc:
-                # With a #!lua shebang Redis refuses the script before it starts.
+                # A writing function (no allow-oom flag) is refused before it starts.
                 raise EngineUnavailable(f"{name}: Redis is out of memory: {exc}") from exc
             except ResponseError as exc:
                 if "WRONGTYPE" in str(exc):
