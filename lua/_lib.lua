@@ -1,10 +1,18 @@
 --[[
   _lib.lua — helpers shared by every onhand script.
 
-  onhand.engine.scripts prepends this file to each script's body (after the script's
-  own `#!lua` line), so every function here is a local of that script. Nothing here
-  writes on its own; the writers (rec_change, resolve) are called only after a
-  script has checked every precondition.
+  onhand.engine.scripts puts this file at the top of the function library that holds
+  every script (library_source): its definitions are created once, when a server
+  loads the library, and shared by all scripts. State that belongs to one call is
+  marked `-- per call` on its definition line; each function's callback sets it back
+  to that initial value before the script runs (and sets KEYS and ARGV), so a call
+  sees exactly what a fresh EVAL of the script would. Nothing else here may be
+  assigned during a call, except RUN_ID (see fencing). The layout rule: every
+  top-level statement is a `local` definition starting in column 0, with its comment
+  lines right above it; the loader rejects anything else. (script_source still
+  assembles one script as a standalone EVAL script from the definitions it uses.)
+  Nothing here writes on its own; the writers (rec_change, resolve) are called only
+  after a script has checked every precondition.
 
   Conventions
     * Every argument arrives as a string and is validated as a string *before* any
@@ -21,8 +29,8 @@
 local MAX_QTY = 1000000000
 local MAX_STOCK = 9007199254740991
 local MAX_TTL_MS = 86400000
-local NOW = 0
-local NOWS = '0'
+local NOW = 0  -- per call
+local NOWS = '0'  -- per call
 
 local function reject(...)
   error({...}, 0)
@@ -32,20 +40,26 @@ local function fmt(n)
   return string.format('%d', n)
 end
 
+-- A decimal integer in lo..hi (bounds within +-MAX_STOCK) written canonically: no sign
+-- but '-', no leading zero, no '-0', at most 17 characters. The range check comes
+-- first (tonumber is cheap); the canonical-form pattern then rejects what tonumber also
+-- accepts ('1e3', '0x10', ' 7', '1.0', '007'). A value past 2^53 never rounds into range.
 local function int_of(s, lo, hi, what)
-  if type(s) ~= 'string' or #s == 0 or #s > 17 or not string.find(s, '^%-?[0-9]+$')
-      or string.find(s, '^%-?0[0-9]') or s == '-0' then
-    reject('BADARG', what)
-  end
-  local n = tonumber(s)
-  if not (n and n >= lo and n <= hi) then
+  local n = type(s) == 'string' and #s <= 17 and tonumber(s)
+  if not (n and n >= lo and n <= hi) or not (s == '0' or string.find(s, '^%-?[1-9][0-9]*$')) then
     reject('BADARG', what)
   end
   return n
 end
 
+-- what: the ARGV index, formatted only when the argument is rejected.
 local function arg_int(i, lo, hi)
-  return int_of(ARGV[i], lo, hi, fmt(i))
+  local s = ARGV[i]
+  local n = type(s) == 'string' and #s <= 17 and tonumber(s)
+  if not (n and n >= lo and n <= hi) or not (s == '0' or string.find(s, '^%-?[1-9][0-9]*$')) then
+    reject('BADARG', fmt(i))
+  end
+  return n
 end
 
 local function arg_id(i)
@@ -97,15 +111,28 @@ end
 -- this server's run_id. A restart (the run_id changes), a promoted replica (another
 -- run_id) or a flush (no marker) closes every partition until the ledger has verified
 -- or rebuilt Redis and stamped the markers again (onhand.ledger.fencing).
+-- RUN_ID is read from INFO server on the first call that needs it and then kept for
+-- the life of this library's Lua state (not reset per call): that state lives inside
+-- one server process (it is built when that process loads the library — at startup
+-- from its RDB/AOF, from its master, or by FUNCTION LOAD/RESTORE — and dies with the
+-- process), and a process's run_id never changes while it runs. So the cached value is
+-- what INFO would answer on every later call: a restarted server or a promoted
+-- replica is another process with its own library state and reads its own run_id.
+-- (As a standalone EVAL script, script_source, RUN_ID lives for one call.)
 local RUN_ID
 local function server_run_id()
   if not RUN_ID then
-    RUN_ID = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or '?'
+    -- A plain find and a fixed-width cut (a run_id is 40 hex digits): a pattern scan
+    -- of the whole section text cost more than generating it.
+    local info = redis.call('INFO', 'server')
+    local at = string.find(info, '\nrun_id:', 1, true)
+    local rid = at and string.sub(info, at + 8, at + 47)
+    RUN_ID = (rid and string.find(rid, '^%x+$') and #rid == 40) and rid or '?'
   end
   return RUN_ID
 end
 
-local READY = {}
+local READY = {}  -- per call
 local function require_ready(key)
   if READY[key] then return end
   local v = redis.call('GET', key)
@@ -115,12 +142,12 @@ local function require_ready(key)
 end
 
 local function num(v)
-  if not v then return 0 end
+  if not v or v == '0' then return 0 end
   if not string.find(v, '^%-?[0-9]+$') or #v > 17 then reject('CORRUPT') end
   return tonumber(v)
 end
 
-local RECS = {}
+local RECS = {}  -- per call
 local function rec_load(key)
   local r = RECS[key]
   if r then return r end
@@ -142,7 +169,7 @@ local function exposure(r)
   return math.max(0, r.he + r.co - math.max(0, r.on - r.ss))
 end
 
-local SKUS = {}
+local SKUS = {}  -- per call
 local POLICY_FIELDS = {'bo', 'po', 'prel', 'rp', 'rq', 'lt', 'mlq'}
 local function sku_load(key)
   local s = SKUS[key]
@@ -164,7 +191,7 @@ end
 
 -- Every entry this script appended: {stream, entry id, fields}, for replies that must
 -- carry their events (confirm: the ledger writes them through before answering).
-local EMITTED = {}
+local EMITTED = {}  -- per call
 local function emit(stream, f)
   local id = redis.call('XADD', stream, '*', unpack(f))
   EMITTED[#EMITTED + 1] = {stream, id, f}
@@ -187,9 +214,10 @@ end
 -- whs (set key or nil), extra = flat list of extra event fields}.
 local function rec_change(r, s, c)
   local before = exposure(r)
-  r.on = r.on + (c.don or 0)
-  r.he = r.he + (c.dhe or 0)
-  r.co = r.co + (c.dco or 0)
+  local don, dhe, dco = c.don or 0, c.dhe or 0, c.dco or 0
+  r.on = r.on + don
+  r.he = r.he + dhe
+  r.co = r.co + dco
   if c.ss then r.ss = c.ss end
   r.v = r.v + 1
   local low = avail(r) < s.rp
@@ -198,31 +226,34 @@ local function rec_change(r, s, c)
     s.bey = s.bey + dbey
     redis.call('HSET', s.key, 'bey', fmt(s.bey))
   end
-  redis.call('HSET', r.key, 'on', fmt(r.on), 'he', fmt(r.he), 'co', fmt(r.co),
-             'ss', fmt(r.ss), 'v', fmt(r.v), 'low', low and '1' or '0')
+  -- Each level is formatted once, for the record and for the event.
+  local ons, hes, cos, sss, vs = fmt(r.on), fmt(r.he), fmt(r.co), fmt(r.ss), fmt(r.v)
+  local lows, beys = low and '1' or '0', fmt(s.bey)
+  redis.call('HSET', r.key, 'on', ons, 'he', hes, 'co', cos, 'ss', sss, 'v', vs, 'low', lows)
   if c.whs then redis.call('SADD', c.whs, c.wh) end
-  local vs = fmt(r.v)
   local f = {'id', 's:' .. c.sku .. ':' .. c.wh .. ':' .. vs, 't', c.etype, 'ts', NOWS,
              'sku', c.sku, 'wh', c.wh}
-  if (c.don or 0) ~= 0 then f[#f + 1] = 'don'; f[#f + 1] = fmt(c.don) end
-  if (c.dhe or 0) ~= 0 then f[#f + 1] = 'dhe'; f[#f + 1] = fmt(c.dhe) end
-  if (c.dco or 0) ~= 0 then f[#f + 1] = 'dco'; f[#f + 1] = fmt(c.dco) end
-  local levels = {'on', fmt(r.on), 'he', fmt(r.he), 'co', fmt(r.co), 'ss', fmt(r.ss),
-                  'v', vs, 'low', low and '1' or '0', 'bey', fmt(s.bey)}
-  for i = 1, #levels do f[#f + 1] = levels[i] end
-  if c.extra then
-    for i = 1, #c.extra, 2 do
-      if c.extra[i + 1] ~= '' then
-        f[#f + 1] = c.extra[i]; f[#f + 1] = c.extra[i + 1]
+  local n = 10
+  if don ~= 0 then f[n + 1] = 'don'; f[n + 2] = fmt(don); n = n + 2 end
+  if dhe ~= 0 then f[n + 1] = 'dhe'; f[n + 2] = fmt(dhe); n = n + 2 end
+  if dco ~= 0 then f[n + 1] = 'dco'; f[n + 2] = fmt(dco); n = n + 2 end
+  f[n + 1], f[n + 2], f[n + 3], f[n + 4], f[n + 5], f[n + 6] = 'on', ons, 'he', hes, 'co', cos
+  f[n + 7], f[n + 8], f[n + 9], f[n + 10] = 'ss', sss, 'v', vs
+  f[n + 11], f[n + 12], f[n + 13], f[n + 14] = 'low', lows, 'bey', beys
+  n = n + 14
+  local extra = c.extra
+  if extra then
+    for i = 1, #extra, 2 do
+      if extra[i + 1] ~= '' then
+        f[n + 1] = extra[i]; f[n + 2] = extra[i + 1]; n = n + 2
       end
     end
   end
   emit(c.stream, f)
   if low and not r.low then
-    local g = {'id', 'l:' .. c.sku .. ':' .. c.wh .. ':' .. vs, 't', 'low_stock', 'ts', NOWS,
-               'sku', c.sku, 'wh', c.wh}
-    for i = 1, #levels do g[#g + 1] = levels[i] end
-    emit(c.stream, g)
+    emit(c.stream, {'id', 'l:' .. c.sku .. ':' .. c.wh .. ':' .. vs, 't', 'low_stock',
+                    'ts', NOWS, 'sku', c.sku, 'wh', c.wh, 'on', ons, 'he', hes, 'co', cos,
+                    'ss', sss, 'v', vs, 'low', lows, 'bey', beys})
   end
   r.low = low
 end

@@ -192,18 +192,19 @@ local function main()
     end
   end
   local al = cjson.encode(allocs)
-  local dls = fmt(deadline)
+  local dls, caps = fmt(deadline), fmt(cap)
   redis.call('HSET', KEYS[1], 'id', rid, 'st', 'pending', 'fp', fp, 'own', owner,
-             'cr', NOWS, 'dl', dls, 'cap', fmt(cap), 'nx', '0', 'up', NOWS, 'al', al,
+             'cr', NOWS, 'dl', dls, 'cap', caps, 'nx', '0', 'up', NOWS, 'al', al,
              'dk', KEYS[2])
   redis.call('ZADD', KEYS[2], deadline, KEYS[1])
   for li, line in ipairs(lines) do
     redis.call('ZADD', line.holdk, deadline, KEYS[1])
+    local lns = fmt(li - 1)
     for _, p in ipairs(line.plan) do
       rec_change(rec_load(line.recs[p[1]]), line.s, {
         etype = 'reserved', sku = line.sku, wh = line.whs[p[1]], stream = line.strk,
         dhe = p[2], whs = line.whsk,
-        extra = {'res', rid, 'ln', fmt(li - 1), 'dl', dls, 'cap', fmt(cap), 'fp', fp,
+        extra = {'res', rid, 'ln', lns, 'dl', dls, 'cap', caps, 'fp', fp,
                  'own', owner, 'act', actor}})
     end
   end

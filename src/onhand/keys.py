@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import re
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = ["Keys"]
@@ -83,6 +84,29 @@ class Keys:
 
     def reservation(self, reservation_id: str) -> str:
         return f"{self.prefix(self.partition(reservation_id))}res:{reservation_id}"
+
+    def reservation_keys(self, reservation_id: str) -> tuple[str, str, str]:
+        """(:meth:`reservation`, :meth:`reservation_deadlines`, :meth:`reservation_ready`)
+        with one partition computation."""
+        prefix = self.prefix(self.partition(reservation_id))
+        return f"{prefix}res:{reservation_id}", f"{prefix}deadlines", f"{prefix}ready"
+
+    def line_keys(self, sku: str) -> tuple[str, str, str, str, str]:
+        """(:meth:`sku`, :meth:`warehouses`, :meth:`holds`, :meth:`sku_stream`,
+        :meth:`sku_ready`) with one partition computation: a reserve line's SKU keys."""
+        prefix = self.prefix(self.partition(sku))
+        return (
+            f"{prefix}sku:{sku}",
+            f"{prefix}whs:{sku}",
+            f"{prefix}holds:{sku}",
+            f"{prefix}events",
+            f"{prefix}ready",
+        )
+
+    def stocks(self, sku: str, warehouses: Sequence[str]) -> list[str]:
+        """[:meth:`stock` (sku, wh) for wh in warehouses] with one partition computation."""
+        head = f"{self.prefix(self.partition(sku))}stock:{sku}:"
+        return [head + wh for wh in warehouses]
 
     def reservation_stream(self, reservation_id: str) -> str:
         return self.stream(self.partition(reservation_id))

@@ -1,7 +1,7 @@
 """Coalesced script calls behave like separate calls (real Redis).
 
 Many concurrent callers share pipelines (fewer pipelines than calls), yet each gets
-its own reply or its own error; a script cache flushed under load is reloaded and the
+its own reply or its own error; a function library flushed under load is reloaded and the
 calls run exactly once.
 """
 
@@ -61,14 +61,14 @@ async def test_an_error_in_one_coalesced_call_does_not_touch_its_neighbours(
 
 
 @pytest.mark.slow
-async def test_a_flushed_script_cache_is_reloaded_and_each_call_runs_once(
+async def test_a_flushed_function_library_is_reloaded_and_each_call_runs_once(
     private_redis: object, namespace: str
 ) -> None:
     url = private_redis.url  # type: ignore[attr-defined]
     sku, wh = new_id("sku"), new_id("wh")
     async with open_engine(url, namespace, coalesce=True) as engine:
         await engine.receive(sku, wh, 1)
-        await engine.client.script_flush()
+        await engine.client.function_flush()
         await asyncio.gather(*(engine.receive(sku, wh, 1) for _ in range(100)))
         level = await engine.stock_level(sku, wh)
         assert (level.on_hand, level.version) == (101, 101)

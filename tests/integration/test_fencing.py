@@ -82,6 +82,10 @@ async def test_a_restarted_redis_keeps_its_data_but_is_fenced_until_stamped_agai
     try:
         engine = RedisEngine(client, namespace=namespace, partitions=4)
         assert await client.exists(engine.keys.stock(sku, wh))  # the data survived (AOF)...
+        # ...and so did the function library, which read the old process's run_id: the
+        # new process's library state reads its own.
+        library = engine._scripts.library.name
+        assert await client.execute_command("FUNCTION", "LIST", "LIBRARYNAME", library)  # type: ignore[no-untyped-call]
         with pytest.raises(EngineNotReady):  # ...but no script trusts it
             await engine.reserve(_order(new_id("r"), sku, wh))
         with pytest.raises(EngineNotReady):

@@ -13,7 +13,7 @@ from redis.exceptions import OutOfMemoryError
 from onhand.domain import Line, ReserveRequest, SkuPolicy
 from onhand.engine.base import DEFAULT_MAX_HOLD_LIFETIME_MS
 from onhand.engine.redis import DEFAULT_RETENTION_MS, RedisEngine
-from onhand.engine.scripts import script_source
+from onhand.engine.scripts import Scripts
 from onhand.errors import EngineFault, EngineUnavailable
 from onhand.events import EventType
 from tests.integration.support import dump_namespace, new_id, open_engine
@@ -213,7 +213,7 @@ async def test_a_server_out_of_memory_refuses_reserve_before_it_starts(
         assert (await engine.reserve(request)).allocations[0].qty == 1
 
 
-async def test_a_flushed_script_cache_mid_run_is_reloaded_without_a_double_hold(
+async def test_a_flushed_function_library_mid_run_is_reloaded_without_a_double_hold(
     private_redis: RedisServer, namespace: str
 ) -> None:
     async with open_engine(private_redis.url, namespace) as engine:
@@ -230,10 +230,10 @@ async def test_a_flushed_script_cache_mid_run_is_reloaded_without_a_double_hold(
         async def flush() -> None:
             for _ in range(5):
                 await asyncio.sleep(0.01)
-                await client.script_flush()
+                await client.function_flush()
 
         await asyncio.gather(flush(), *(reserve(req) for req in requests))
-        await client.script_flush()
+        await client.function_flush()
         again = await engine.reserve(requests[0])
         assert again.replayed and again.allocations[0].qty == requests[0].lines[0].qty
         level = await engine.stock_level(sku, wh)
@@ -260,7 +260,7 @@ async def test_a_reserve_repeated_after_the_raw_script_ran_returns_the_same_allo
         keys += [k.stock(sku, w1), k.stock(sku, w2)]
         args = ["0", str(DEFAULT_RETENTION_MS), rid, req.fingerprint(), str(req.ttl_ms)]
         args += [str(DEFAULT_MAX_HOLD_LIFETIME_MS), "", "", "1", sku, "5", "1", "2", w1, w2]
-        raw = await client.eval(script_source("reserve"), len(keys), *keys, *args)
+        raw = await Scripts(client)["reserve"](keys=keys, args=args)
         assert raw[0] == b"OK"
         held = (await engine.availability(sku)).held
         first = await engine.reserve(req)  # the caller's retry after "a timeout"
@@ -274,8 +274,8 @@ async def test_a_reserve_repeated_after_the_raw_script_ran_returns_the_same_allo
         ] == [rid, rid]
 
 
-async def _evalsha_calls(client: redis.asyncio.Redis) -> int:
-    return int((await client.info("commandstats"))["cmdstat_evalsha"]["calls"])
+async def _fcall_calls(client: redis.asyncio.Redis) -> int:
+    return int((await client.info("commandstats"))["cmdstat_fcall"]["calls"])
 
 
 @pytest.mark.parametrize(
@@ -293,13 +293,13 @@ async def test_a_reserve_that_timed_out_after_running_is_retried_into_the_same_h
             req = _order(new_id("r"), Line(sku, 3, (wh,)))
             # The server stalls 0.8 s: attempt 1 times out at ~0.5 s (but stays queued and
             # runs), the engine's own retry is answered REPLAY within its 0.5 s.
-            calls = await _evalsha_calls(blocker)
+            calls = await _fcall_calls(blocker)
             stall = blocker.execute_command("DEBUG", "SLEEP", "0.8")  # type: ignore[no-untyped-call]
             sleep = asyncio.create_task(stall)
             await asyncio.sleep(0.02)
             res = await engine.reserve(req)
             await sleep
-            assert await _evalsha_calls(blocker) == calls + 2  # both attempts ran
+            assert await _fcall_calls(blocker) == calls + 2  # both attempts ran
             assert not res.replayed and res.allocations[0].qty == 3
             assert (await engine.stock_level(sku, wh)).held == 4
             again = await engine.reserve(req)

@@ -1,6 +1,6 @@
 """Bad input at the script level: every Lua script checks its own ARGV and KEYS.
 
-Each case calls one script directly (EVAL of ``script_source``) with arguments that
+Each case calls one script directly (FCALL of its library function) with arguments that
 are valid except for one, and expects ``{'BADARG', now_ms, index}`` and a namespace
 that is byte-for-byte unchanged (TYPE and DUMP of every key).
 """
@@ -16,7 +16,7 @@ import redis.asyncio
 
 from onhand.domain import Line, ReserveRequest
 from onhand.engine.redis import RedisEngine
-from onhand.engine.scripts import SCRIPT_NAMES, script_source
+from onhand.engine.scripts import SCRIPT_NAMES, Scripts
 from onhand.keys import Keys
 from tests.integration.support import PARTITIONS, dump_namespace, new_id
 
@@ -205,7 +205,7 @@ async def world(redis_client: redis.asyncio.Redis, namespace: str) -> World:
 async def _call(
     client: redis.asyncio.Redis, script: str, keys: list[str], args: list[str]
 ) -> list[bytes]:
-    reply = await client.eval(script_source(script), len(keys), *keys, *args)
+    reply = await Scripts(client)[script](keys=keys, args=args)
     assert isinstance(reply, list)
     return reply
 

@@ -45,3 +45,21 @@ def test_partitions_are_stable_across_processes():
 def test_a_namespace_that_could_move_or_collide_keys_is_refused(namespace):
     with pytest.raises(ValueError):
         Keys(namespace)
+
+
+def test_grouped_key_builders_equal_the_single_ones():
+    k = Keys("ns", 16)
+    for ident in ("a", "SKU-1", "r.42", "x" * 64):
+        assert k.reservation_keys(ident) == (
+            k.reservation(ident),
+            k.reservation_deadlines(ident),
+            k.reservation_ready(ident),
+        )
+        assert k.line_keys(ident) == (
+            k.sku(ident),
+            k.warehouses(ident),
+            k.holds(ident),
+            k.sku_stream(ident),
+            k.sku_ready(ident),
+        )
+        assert k.stocks(ident, ["W1", "w-2"]) == [k.stock(ident, "W1"), k.stock(ident, "w-2")]

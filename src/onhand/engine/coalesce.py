@@ -1,13 +1,18 @@
 """Coalescing concurrent script calls into pipelines (one round trip for many callers).
 
-Each caller's ``EVALSHA`` waits in a queue; a flusher sends everything queued as one
-non-transactional pipeline and hands each reply back to its caller. While up to
+Each caller's ``FCALL`` waits in a queue; a flusher sends everything queued as one
+non-transactional pipeline and hands each reply back to its caller. The pipeline is
+written in RESP directly (:func:`pack_fcall`) on a connection of the client's pool
+and its replies are read one by one with the connection's own parser: redis-py's
+generic pipeline (a command stack, a per-argument encoder, response callbacks) cost
+more CPU per call than the script call's own work in Python. While up to
 ``max_in_flight`` pipelines are out, new calls wait and go in the next one, so the
 batch grows with the load and a lone caller pays no delay beyond one loop turn.
 
 Semantics are those of separate calls: each script stays atomic on its own (no
-MULTI), replies and errors are per call, a ``NOSCRIPT`` reply (script cache flushed,
-failover) reloads the script and runs that call again (it did not run). If the
+MULTI), replies and errors are per call, a "function not found" reply (library not
+on that server: new or flushed server, failover) loads the library and runs that call
+again (it did not run). If the
 connection fails mid-pipeline, every call of that pipeline fails with the error: some
 may have run — exactly the ambiguity of a timeout on a single call, which the engine
 already answers with ``EngineUnavailable`` and ids that make retries safe.
@@ -16,16 +21,34 @@ already answers with ``EngineUnavailable`` and ids that make retries safe.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["Coalescer"]
+from onhand.engine.scripts import ScriptFunction, function_missing
 
-_Call = tuple[AsyncScript, Sequence[str], Sequence[str], "asyncio.Future[Any]"]
+__all__ = ["Coalescer", "pack_fcall"]
+
+_FCALL = b"*%d\r\n$5\r\nFCALL\r\n$%d\r\n%b\r\n$%d\r\n%d\r\n"
+
+
+def pack_fcall(function: str, keys: Sequence[str], args: Sequence[str]) -> bytes:
+    """``FCALL function len(keys) *keys *args`` as one RESP array (UTF-8 bulk strings)."""
+    n = len(keys)
+    name = function.encode()
+    head = _FCALL % (3 + n + len(args), len(name), name, len(str(n)), n)
+    parts = [head]
+    for item in (*keys, *args):
+        data = item.encode()
+        parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+_Call = tuple[ScriptFunction, Sequence[str], Sequence[str], "asyncio.Future[Any]"]
 
 
 class Coalescer:
@@ -40,7 +63,7 @@ class Coalescer:
         self.pipelines = 0
         self.calls = 0
 
-    async def call(self, script: AsyncScript, keys: Sequence[str], args: Sequence[str]) -> Any:
+    async def call(self, script: ScriptFunction, keys: Sequence[str], args: Sequence[str]) -> Any:
         # One loop per coalescer (the client's connections belong to it anyway); looked
         # up once, because get_running_loop() costs a getpid() syscall on Python 3.11.
         loop = self._loop
@@ -63,10 +86,8 @@ class Coalescer:
     async def _send(self, batch: list[_Call]) -> None:
         try:
             try:
-                async with self.client.pipeline(transaction=False) as pipe:
-                    for script, keys, args, _ in batch:
-                        pipe.evalsha(script.sha, len(keys), *keys, *args)
-                    replies = await pipe.execute(raise_on_error=False)
+                payload = b"".join(pack_fcall(s.function, k, a) for s, k, a, _ in batch)
+                replies = await self._roundtrip(payload, len(batch))
             except BaseException as exc:  # the connection failed: every call shares it
                 for *_, future in batch:
                     if not future.done():
@@ -79,7 +100,7 @@ class Coalescer:
             for (script, keys, args, future), reply in zip(batch, replies, strict=True):
                 if future.done():
                     continue
-                if isinstance(reply, NoScriptError):
+                if function_missing(reply):
                     self._rerun(script, keys, args, future)
                 elif isinstance(reply, Exception):
                     future.set_exception(reply)
@@ -89,8 +110,39 @@ class Coalescer:
             self._in_flight -= 1
             self._kick()
 
+    async def _roundtrip(self, payload: bytes, count: int) -> list[Any]:
+        """Write ``payload`` (``count`` commands) on one pooled connection and read the
+        ``count`` replies; an error reply is returned as its exception.
+
+        The connection's ``socket_timeout`` bounds reading the whole batch (one
+        deadline, not one timer per reply); running out of it raises redis-py's
+        ``TimeoutError``, as a single call would. If anything fails half-way the
+        connection is dropped (never handed on with unread replies) and the error
+        raised."""
+        pool = self.client.connection_pool
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            try:
+                await conn.send_packed_command(payload)
+                replies: list[Any] = []
+                async with asyncio.timeout(conn.socket_timeout):
+                    for _ in range(count):
+                        try:
+                            replies.append(await conn.read_response(timeout=math.inf))
+                        except ResponseError as exc:
+                            replies.append(exc)
+            except TimeoutError as exc:
+                await conn.disconnect(nowait=True)
+                raise RedisTimeoutError(f"reading {count} coalesced replies: {exc}") from exc
+            except BaseException:
+                await conn.disconnect(nowait=True)
+                raise
+            return replies
+        finally:
+            await pool.release(conn)
+
     def _rerun(
-        self, script: AsyncScript, keys: Sequence[str], args: Sequence[str], future: Any
+        self, script: ScriptFunction, keys: Sequence[str], args: Sequence[str], future: Any
     ) -> None:
         async def again() -> None:
             try:

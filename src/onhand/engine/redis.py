@@ -73,6 +73,7 @@ __all__ = ["DEFAULT_RETENTION_MS", "Confirmation", "RedisEngine", "StreamEvent",
 DEFAULT_RETENTION_MS = 24 * 60 * 60 * 1000
 """Resolved reservations are kept this long (24 h) so repeats stay idempotent."""
 _OK = ("OK", "REPLAY")
+_LINE_KEYS_MAX = 65_536
 RUN_ID_TTL_S = 1.0
 """Reads trust a cached server run_id this long (writes check the live one)."""
 
@@ -113,7 +114,8 @@ _RECORD_FIELDS = ("on", "he", "co", "ss", "v", "low")
 
 
 class RedisEngine(StockEngine):
-    """:class:`StockEngine` over Redis. Scripts are registered at construction (no I/O).
+    """:class:`StockEngine` over Redis. The script library is built at construction (no
+    I/O) and loaded into Redis by the first call that finds it missing.
 
     ``clock``: ``None`` (production) makes every script read the Redis server clock;
     a :class:`~onhand.engine.base.ManualClock` fixes the time instead (tests only).
@@ -143,6 +145,7 @@ class RedisEngine(StockEngine):
         self._retention = str(check_int("retention_ms", retention_ms, 1, MAX_STOCK))
         self._run_id: str | None = None
         self._run_id_checked = 0.0
+        self._line_keys_memo: dict[str, tuple[str, str, str, str, str]] = {}
 
     # -- calling scripts -----------------------------------------------------------------
     def _now_arg(self) -> str:
@@ -165,7 +168,7 @@ class RedisEngine(StockEngine):
                 if attempt + 1 == attempts:
                     raise EngineUnavailable(f"{name}: {exc}") from exc
             except OutOfMemoryError as exc:
-                # With a #!lua shebang Redis refuses the script before it starts.
+                # A writing function (no allow-oom flag) is refused before it starts.
                 raise EngineUnavailable(f"{name}: Redis is out of memory: {exc}") from exc
             except ResponseError as exc:
                 if "WRONGTYPE" in str(exc):
@@ -344,6 +347,18 @@ class RedisEngine(StockEngine):
         return self._parse_emitted(out[1:])
 
     # -- reservations --------------------------------------------------------------------
+    def _line_keys(self, sku: str) -> tuple[str, str, str, str, str]:
+        """A reserve line's SKU keys (policy, warehouses, holds, stream, ready marker),
+        built once per SKU: five CRC-32s and f-strings per line on every call otherwise.
+        The memo is bounded (cleared when it reaches ``_LINE_KEYS_MAX`` SKUs)."""
+        cached = self._line_keys_memo.get(sku)
+        if cached is None:
+            cached = self.keys.line_keys(sku)
+            if len(self._line_keys_memo) >= _LINE_KEYS_MAX:
+                self._line_keys_memo.clear()
+            self._line_keys_memo[sku] = cached
+        return cached
+
     def _reservation(self, rid: str, at: int, out: list[str], replayed: bool) -> Reservation:
         status, created, deadline, owner, allocs_json = out[:5]
         allocs = tuple(
@@ -363,7 +378,7 @@ class RedisEngine(StockEngine):
         if not isinstance(request, ReserveRequest):
             raise InvalidInput("request", "must be a ReserveRequest")
         k, rid = self.keys, request.reservation_id
-        keys = [k.reservation(rid), k.reservation_deadlines(rid), k.reservation_ready(rid)]
+        keys = list(k.reservation_keys(rid))
         args = [
             self._retention,
             rid,
@@ -375,14 +390,8 @@ class RedisEngine(StockEngine):
             str(len(request.lines)),
         ]
         for line in request.lines:
-            keys += [
-                k.sku(line.sku),
-                k.warehouses(line.sku),
-                k.holds(line.sku),
-                k.sku_stream(line.sku),
-                k.sku_ready(line.sku),
-            ]
-            keys += [k.stock(line.sku, wh) for wh in line.warehouses]
+            keys += self._line_keys(line.sku)
+            keys += k.stocks(line.sku, line.warehouses)
             args += [
                 line.sku,
                 str(line.qty),
