@@ -43,6 +43,7 @@ from onhand.ledger.migrate import asyncpg_dsn
 from onhand.ledger.rows import MOVEMENT_COLUMNS, build_batch, parse_stream_id
 from onhand.ledger.store import LedgerStore
 from onhand.ledger.writer import StreamWriter
+from onhand.settings import Settings
 
 PARTITIONS = 16
 
@@ -85,7 +86,14 @@ async def _fill_streams(
             await pipe.execute()
 
 
-async def bench_drain(report: Report, n_events: int) -> None:
+WRITER_BATCH: int = Settings.model_fields["writer_batch"].default
+"""The batch ``onhand writer`` reads by default (``ONHAND_WRITER_BATCH``)."""
+
+
+async def bench_drain(report: Report, n_events: int, batch: int = WRITER_BATCH) -> None:
+    """Drain ``n_events`` with the writer (``batch``: its largest read, by default what
+    ``onhand writer`` uses), then the bare insert of the same rows in chunks of
+    ``batch`` (the baseline)."""
     namespace = f"bench{uuid.uuid4().hex[:8]}"
     keys = Keys(namespace, PARTITIONS)
     client = connect(REDIS_URL)
@@ -95,19 +103,19 @@ async def bench_drain(report: Report, n_events: int) -> None:
             try:
                 events = await _synthetic_events(n_events, keys)
                 await _fill_streams(client, events)
-                baseline = await _baseline(db, keys, events)
+                baseline = await _baseline(db, keys, events, batch)
                 # In production the writer is its own process (`onhand writer`): do not let
                 # the harness's 50,000+ parsed events stay alive for the writer's garbage
                 # collections to walk.
                 del events
                 gc.collect()
-                writer = StreamWriter(client, store, keys, batch=5_000, burst=True, block_ms=10)
+                writer = StreamWriter(client, store, keys, batch=batch, burst=True, block_ms=10)
                 started = time.perf_counter()
                 await writer.run()  # as `onhand writer` runs it (its GC settings too)
                 elapsed = time.perf_counter() - started
                 rate = writer.written / elapsed
                 report.add(
-                    "writer drain rate (stream → Postgres, with projections)",
+                    f"writer drain rate (stream → Postgres, with projections; batch {batch:,})",
                     rate,
                     "events/s",
                     "≥ 50,000",
@@ -125,7 +133,9 @@ async def bench_drain(report: Report, n_events: int) -> None:
         delete_namespace(namespace)
 
 
-async def _baseline(db: str, keys: Keys, events: list[tuple[str, dict[str, str]]]) -> float:
+async def _baseline(
+    db: str, keys: Keys, events: list[tuple[str, dict[str, str]]], chunk: int
+) -> float:
     """The bare ledger insert (COPY to staging + INSERT … ON CONFLICT) of the same rows:
     no Redis reads, no projections. Rows per second."""
     from onhand.events import Event
@@ -142,11 +152,11 @@ async def _baseline(db: str, keys: Keys, events: list[tuple[str, dict[str, str]]
             "CREATE TEMP TABLE base_target (LIKE movements INCLUDING ALL)"
         )
         started = time.perf_counter()
-        for s in range(0, len(rows), 5_000):
+        for s in range(0, len(rows), chunk):
             async with conn.transaction():
                 await conn.execute("TRUNCATE base")
                 await conn.copy_records_to_table(
-                    "base", records=rows[s : s + 5_000], columns=MOVEMENT_COLUMNS
+                    "base", records=rows[s : s + chunk], columns=MOVEMENT_COLUMNS
                 )
                 cols = ", ".join(MOVEMENT_COLUMNS)
                 await conn.execute(
@@ -363,13 +373,19 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", metavar="FILE")
     parser.add_argument(
+        "--batch",
+        type=int,
+        default=WRITER_BATCH,
+        help="the writer's batch (and the baseline's chunk) in the drain benchmark",
+    )
+    parser.add_argument(
         "--only", choices=("drain", "lag", "rehydrate"), help="run one benchmark (default: all)"
     )
     args = parser.parse_args(argv)
     report = Report("Durable ledger")
     quick = args.quick
     if args.only in (None, "drain"):
-        await bench_drain(report, 50_000 if quick else 200_000)
+        await bench_drain(report, 50_000 if quick else 200_000, args.batch)
     if args.only in (None, "lag"):
         await bench_lag(report, 10 if quick else 30, 32)
     if args.only in (None, "rehydrate"):
