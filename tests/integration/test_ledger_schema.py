@@ -189,7 +189,7 @@ async def app_conn(database_url: str, pg_admin_url: str) -> AsyncIterator[Any]:
 async def test_upgrade_downgrade_and_upgrade_again(
     database_url: str, engine: AsyncEngine, owner: Any
 ) -> None:
-    assert migrate.head_revision() == "0002"
+    assert migrate.head_revision() == "0003"
     assert await migrate.current_revision(database_url) == migrate.head_revision()
     async with engine.connect() as conn:
         at_head = await conn.run_sync(snapshot)

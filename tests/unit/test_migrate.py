@@ -74,9 +74,9 @@ def test_the_package_ships_the_migrations() -> None:
 
 def test_one_linear_history_ending_at_the_newest_revision() -> None:
     scripts = ScriptDirectory.from_config(alembic_config())
-    assert scripts.get_heads() == ["0002"]
-    assert head_revision() == "0002"
-    assert [s.revision for s in scripts.walk_revisions()] == ["0002", "0001"]
+    assert scripts.get_heads() == ["0003"]
+    assert head_revision() == "0003"
+    assert [s.revision for s in scripts.walk_revisions()] == ["0003", "0002", "0001"]
 
 
 def _offline_sql(revision: str, *, downgrade: bool = False) -> str:

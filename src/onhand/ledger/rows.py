@@ -9,8 +9,9 @@ forward), extensions, policies and, per partition, the last stream id consumed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from onhand.domain import STATUS_RANK, Reservation, ReservationStatus
@@ -23,6 +24,7 @@ __all__ = [
     "Staged",
     "add_reservation",
     "build_batch",
+    "pairs",
     "parse_stream_id",
     "stage_entries",
 ]
@@ -193,10 +195,10 @@ names, :data:`onhand.events.FIELDS` order) as it is on the stream: ``NULL`` when
 Postgres derives the movement rows and every projection from it (``LedgerStore``)."""
 
 _STAGE_KEYS = tuple(name.encode() for name in FIELDS.values())
-_ABSENT = (b"",) * len(_STAGE_KEYS)
 _TABS = len(_STAGE_KEYS) - 1
 # policy_set events take the general path: their policy is parsed by Python there
 _STAGED_TYPES = frozenset(t.value.encode() for t in EventType if t is not EventType.POLICY_SET)
+_MAX_SHAPES = 256  # the scripts write a few dozen field lists; more is not worth caching
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,39 +219,73 @@ def _copy_escape(value: bytes) -> bytes:
     )
 
 
-def stage_entries(entries: Iterable[tuple[int, str, Mapping[Any, Any] | None]]) -> Staged | None:
-    """``(partition, stream_id, fields)`` entries as COPY text rows, or ``None`` when any
-    entry needs the general path (:meth:`Event.from_fields` + :func:`build_batch`).
+_Shape = tuple[Callable[[list[Any]], tuple[Any, ...]], int] | None
+_shapes: dict[tuple[Any, ...], _Shape] = {}
+
+
+def _shape(names: tuple[Any, ...]) -> _Shape:
+    """For an entry whose field names are ``names`` (in reply order): a getter of its
+    values in :data:`STAGE_COLUMNS` order from the flat reply with one ``b""`` appended
+    (an absent field reads that), and the index of its type's value; ``None`` when such
+    an entry cannot take the fast path (no ``id``, ``ts`` or ``t``). A name given twice:
+    the later value, as a dict of the reply would have it."""
+    shape = _shapes.get(names)
+    if shape is not None or names in _shapes:
+        return shape
+    position = {name: 2 * i + 1 for i, name in enumerate(names)}
+    if b"id" in position and b"ts" in position and b"t" in position:
+        absent = 2 * len(names)
+        getter = itemgetter(*(position.get(key, absent) for key in _STAGE_KEYS))
+        shape = (getter, position[b"t"])
+    if len(_shapes) < _MAX_SHAPES:
+        _shapes[names] = shape
+    return shape
+
+
+def stage_entries(entries: Iterable[tuple[int, str, list[Any] | None]]) -> Staged | None:
+    """``(partition, stream_id, flat)`` entries — ``flat`` the stream entry's
+    ``[field, value, …]`` reply, ``None`` if it was trimmed — as COPY text rows, or
+    ``None`` when any entry needs the general path (:meth:`Event.from_fields` of
+    :func:`pairs` + :func:`build_batch`).
 
     No value is decoded or converted here: Postgres parses the integers and checks the
     UTF-8 while copying, so anything it refuses fails the whole batch, which the writer
     then applies through the general path (where a bad entry is isolated). What is
     accepted here is exactly what the general path accepts, row for row, except for
-    entries handed to the general path up front: a missing ``id``/``ts``, a type that is
-    not an event type (or ``policy_set``), an empty value (the general path tells an
-    empty field from an absent one; ``NULL ''`` does not), fields that are not bytes.
+    entries handed to the general path up front: a missing ``id``/``ts``/``t``, a type
+    that is not an event type (or ``policy_set``), an empty name or value (the general
+    path tells an empty field from an absent one; ``NULL ''`` does not), an odd-length
+    reply, names or values that are not bytes.
     """
     lines: list[bytes] = []
     append = lines.append
     types: set[bytes] = set()
     add_type = types.add
     try:
-        for partition, stream_id, fields in entries:
-            if fields is None:
+        for partition, stream_id, flat in entries:
+            if not flat or len(flat) % 2 or b"" in flat:
                 return None
-            kind = fields.get(b"t")
-            if (
-                kind not in _STAGED_TYPES
-                or b"id" not in fields
-                or b"ts" not in fields
-                or b"" in fields.values()
-            ):
+            shape = _shape(tuple(flat[0::2]))
+            if shape is None:
+                return None
+            getter, type_at = shape
+            kind = flat[type_at]
+            if kind not in _STAGED_TYPES:
                 return None
             add_type(kind)
-            row = b"\t".join(map(fields.get, _STAGE_KEYS, _ABSENT))
+            flat.append(b"")  # what an absent field reads (see _shape)
+            values = getter(flat)
+            flat.pop()
+            row = b"\t".join(values)
             if b"\\" in row or b"\n" in row or b"\r" in row or row.count(b"\t") != _TABS:
-                row = b"\t".join(_copy_escape(v) for v in map(fields.get, _STAGE_KEYS, _ABSENT))
+                row = b"\t".join(map(_copy_escape, values))
             append(b"%d\t%s\t%s\n" % (partition, stream_id.replace("-", "\t", 1).encode(), row))
     except (TypeError, AttributeError):  # not bytes: a decoding client, or not an event
         return None
     return Staged(b"".join(lines), len(lines), frozenset(types))
+
+
+def pairs(flat: list[Any]) -> dict[Any, Any]:
+    """A stream entry's flat ``[field, value, …]`` reply as a dict (later fields win)."""
+    it = iter(flat)
+    return dict(zip(it, it, strict=False))

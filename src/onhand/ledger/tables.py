@@ -108,7 +108,8 @@ movements = Table(
     ),
     CheckConstraint("version >= 0", name="version"),
     # Few indexes: every one is paid for on each of tens of thousands of inserts a second.
-    Index(None, "sku", "warehouse", "version"),
+    # The ledger API filters by sku (and warehouse, time range) in (at_ms, event_id) order.
+    Index(None, "sku", "at_ms"),
     Index(None, "reservation_id", postgresql_where=text("reservation_id IS NOT NULL")),
     Index(None, "reference", postgresql_where=text("reference IS NOT NULL")),
     Index(None, "at_ms", postgresql_using="brin"),
@@ -172,7 +173,6 @@ reservations = Table(
     Column("updated_ms", BigInteger, nullable=False),
     CheckConstraint(f"status IN ({_STATUSES_SQL})", name="status"),
     Index(None, "status", "deadline_ms"),
-    Index(None, "owner", "status"),
 )
 
 reservation_allocations = Table(

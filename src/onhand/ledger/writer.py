@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
 import socket
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -45,7 +46,7 @@ from onhand.events import Event
 from onhand.keys import Keys
 from onhand.ledger.fencing import Verdict, verify_and_reopen
 from onhand.ledger.metrics import WriterMetrics
-from onhand.ledger.rows import Staged, build_batch, parse_stream_id, stage_entries
+from onhand.ledger.rows import Staged, build_batch, pairs, parse_stream_id, stage_entries
 from onhand.ledger.store import ApplyResult, LedgerStore
 
 __all__ = ["StreamWriter"]
@@ -75,7 +76,12 @@ class _Entry:
     partition: int
     stream: str
     stream_id: str
-    fields: dict[bytes, bytes] | dict[str, str] | None  # None: trimmed while pending
+    flat: list[Any] | None  # the reply's [field, value, …]; None: trimmed while pending
+
+    @property
+    def fields(self) -> dict[Any, Any] | None:
+        """The entry's fields as a dict (later fields win), ``None`` if it was trimmed."""
+        return None if self.flat is None else pairs(self.flat)
 
     def text_fields(self) -> dict[str, str]:
         return {_s(k): _s(v) for k, v in (self.fields or {}).items()}
@@ -90,12 +96,6 @@ class _Part:
     staged: Staged | None
 
 
-def _pairs(flat: list[Any]) -> dict[bytes, bytes]:
-    """A stream entry's flat ``[field, value, …]`` reply as a dict (later fields win)."""
-    it = iter(flat)
-    return dict(zip(it, it, strict=False))
-
-
 def _stream_replies(reply: Any) -> Any:
     """``[[stream, entries], …]`` of an XREADGROUP reply, RESP2 (list) or RESP3 (map)."""
     if not reply:
@@ -108,6 +108,28 @@ async def _settle(task: asyncio.Task[None] | None) -> asyncio.Task[None] | None:
     if task is not None:
         await task
     return None
+
+
+@contextlib.contextmanager
+def _batch_gc() -> Iterator[None]:
+    """The cyclic collector tuned for a process that drains batches.
+
+    Each batch allocates tens of thousands of container objects (reply lists, entries)
+    that stay alive until the batch is acknowledged and are then freed by reference
+    counting (they form no cycles). With the default threshold (700 net allocations)
+    the collector runs dozens of times per batch, walking exactly those live objects
+    (≈ 30 % of the writer's Python time). Here: what exists at start (modules, clients)
+    is frozen out of the generations, and a young collection runs after 50,000 net
+    allocations (about every few batches), so cycles are still collected."""
+    threshold = gc.get_threshold()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, threshold[1], threshold[2])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*threshold)
+        gc.unfreeze()
 
 
 def _s(value: Any) -> str:
@@ -176,12 +198,15 @@ class StreamWriter:
         return self._stop.is_set()
 
     async def run(self) -> None:
-        """:meth:`main` with SIGINT/SIGTERM wired to :meth:`close`."""
+        """:meth:`main` as the job of its process (``onhand writer``): SIGINT/SIGTERM
+        wired to :meth:`close`, and the cyclic garbage collector tuned for it
+        (:func:`_batch_gc`). Both are restored when it returns."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.close)
         try:
-            await self.main()
+            with _batch_gc():
+                await self.main()
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
@@ -258,9 +283,7 @@ class StreamWriter:
             stream = _s(stream_raw)
             partition = self.keys.stream_partition(stream)
             for stream_id, flat in items:
-                append(
-                    _Entry(partition, stream, stream_id.decode(), _pairs(flat) if flat else None)
-                )
+                append(_Entry(partition, stream, stream_id.decode(), flat or None))
         return entries
 
     async def _drain(self, *, own_pending: bool) -> None:
@@ -309,9 +332,7 @@ class StreamWriter:
                 deleted = [_s(d) for d in (reply[2] if len(reply) > 2 else [])]
                 if deleted:
                     await self._lost(partition, stream, deleted, ack=False)
-                entries = [
-                    _Entry(partition, stream, _s(i), _pairs(f) if f else None) for i, f in items
-                ]
+                entries = [_Entry(partition, stream, _s(i), f or None) for i, f in items]
                 if entries:
                     claimed += len(entries)
                     await self._process(entries)
@@ -365,7 +386,7 @@ class StreamWriter:
         for e in entries:
             groups[e.partition % n].append(e)
         return [
-            _Part(g, stage_entries((e.partition, e.stream_id, e.fields) for e in g))
+            _Part(g, stage_entries((e.partition, e.stream_id, e.flat) for e in g))
             for g in groups
             if g
         ]
@@ -412,11 +433,12 @@ class StreamWriter:
         parsed: list[tuple[_Entry, Event]] = []
         poison: list[tuple[_Entry, str]] = []
         for entry in entries:
-            if entry.fields is None:
+            fields = entry.fields
+            if fields is None:
                 gone[(entry.partition, entry.stream)].append(entry.stream_id)
                 continue
             try:
-                parsed.append((entry, Event.from_fields(entry.fields)))
+                parsed.append((entry, Event.from_fields(fields)))
             except (KeyError, ValueError, TypeError) as exc:
                 poison.append((entry, f"unparsable event: {exc!r}"))
         for (partition, stream), ids in gone.items():
