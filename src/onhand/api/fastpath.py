@@ -10,8 +10,8 @@ the regular route).
 answers it directly when the request is well-formed — a Bearer key that verifies and
 carries ``reservations:write``, an ``Idempotency-Key``, a JSON body within the size
 limit that validates strictly as :class:`~onhand.api.schemas.ReservationCreate` — by
-calling the same code as the route (:func:`~onhand.api.routes.reservations.create`
-under :func:`~onhand.api.services.run_idempotent`). Anything else is handed, body
+calling the same code as the route
+(:func:`~onhand.api.routes.reservations.create_idempotent`). Anything else is handed, body
 included, to the regular route, which answers exactly as documented. So the route, its
 OpenAPI entry and its validation stay the contract; this only skips work.
 """
@@ -27,9 +27,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from onhand.api.bodies import read_body, replaying
 from onhand.api.problems import Problem, from_engine_error, problem_response
 from onhand.api.routes import availability
-from onhand.api.routes.reservations import create
+from onhand.api.routes.reservations import create_idempotent
 from onhand.api.schemas import ReservationCreate
-from onhand.api.services import Services, run_idempotent
+from onhand.api.services import Services
 from onhand.errors import OnhandError
 
 __all__ = ["AvailabilityFastPath", "ReservationFastPath"]
@@ -94,10 +94,7 @@ class ReservationFastPath:
             await self._delegate(scope, receive, send, body, False)
             return
         try:
-            response = await run_idempotent(
-                services, key.client_id, "POST", PATH, idem.decode("latin-1"),
-                order.model_dump_json().encode(), lambda: create(services, key, order),
-            )  # fmt: skip
+            response = await create_idempotent(services, key, order, idem.decode("latin-1"))
         except Problem as problem:
             response = problem_response(problem, None, path=PATH)
         except OnhandError as exc:

@@ -17,7 +17,7 @@ from fastapi import Depends, Header, Request
 from starlette.responses import Response
 
 from onhand.api.apikeys import ApiKey, KeyStore
-from onhand.api.idempotency import Idempotency, Stored, fingerprint, parse_key
+from onhand.api.idempotency import Admission, Idempotency, Stored, fingerprint, parse_key
 from onhand.api.metrics import ApiMetrics
 from onhand.api.problems import Problem, from_engine_error, problem_response
 from onhand.catalog import WarehouseCatalog
@@ -154,11 +154,16 @@ async def run_idempotent(
     work: Callable[[], Awaitable[Response]],
     *,
     redact: Callable[[bytes], bytes] | None = None,
+    admit: Admission | None = None,
 ) -> Response:
-    """:func:`idempotent` without a Request (the reservation fast path calls this)."""
+    """:func:`idempotent` without a Request (the reservation route calls this).
+
+    ``admit``: the anti-hoarding admission to make in the same call as the record's
+    begin (:meth:`Idempotency.begin`); ``work`` reads its outcome.
+    """
     idem_key = parse_key(raw_key)
     fp = fingerprint(method, path, canonical_body)
-    ticket = await services.idempotency.begin(client_id, idem_key, fp)
+    ticket = await services.idempotency.begin(client_id, idem_key, fp, admit=admit)
     if isinstance(ticket, Stored):
         headers = dict(ticket.headers)
         headers["Idempotent-Replayed"] = "true"
