@@ -331,7 +331,6 @@ class RequestMetrics:
             services = getattr(scope["app"].state, "services", None)
             if services is not None:
                 route = getattr(scope.get("route"), "path", "unmatched")
-                method = scope["method"]
-                metrics = services.metrics
-                metrics.latency.labels(route, method).observe(time.perf_counter() - started)
-                metrics.requests.labels(route, method, f"{status // 100}xx").inc()
+                services.metrics.route(route, scope["method"]).done(
+                    status, time.perf_counter() - started
+                )

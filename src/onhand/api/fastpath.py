@@ -102,9 +102,9 @@ class ReservationFastPath:
         except OnhandError as exc:
             response = problem_response(from_engine_error(exc), None, path=PATH)
         await response(scope, receive, send)
-        metrics = services.metrics
-        metrics.latency.labels(PATH, "POST").observe(time.perf_counter() - started)
-        metrics.requests.labels(PATH, "POST", f"{response.status_code // 100}xx").inc()
+        services.metrics.route(PATH, "POST").done(
+            response.status_code, time.perf_counter() - started
+        )
 
     async def _delegate(
         self, scope: Scope, receive: Receive, send: Send, body: bytes, more: bool
@@ -179,6 +179,6 @@ class AvailabilityFastPath:
         payload = bodies[0] if route is SINGLE_ROUTE else {"items": bodies}
         response = availability.answer(payload, etag, if_none_match)
         await response(scope, receive, send)
-        metrics = services.metrics
-        metrics.latency.labels(route, "GET").observe(time.perf_counter() - started)
-        metrics.requests.labels(route, "GET", f"{response.status_code // 100}xx").inc()
+        services.metrics.route(route, "GET").done(
+            response.status_code, time.perf_counter() - started
+        )

@@ -62,6 +62,7 @@ def json_response(
     return Response(orjson.dumps(body), status, headers, media_type="application/json")
 
 
+_STORED_HEADERS = (b"etag", b"location", b"retry-after")
 _UNAUTHORIZED = {"WWW-Authenticate": 'Bearer realm="onhand"'}
 
 
@@ -181,10 +182,10 @@ async def run_idempotent(
     if response.status_code == 503:
         await services.idempotency.abandon(ticket)
         return response
-    headers = {
-        k: v
-        for k, v in response.headers.items()
-        if k.lower() in ("etag", "location", "retry-after")
+    headers = {  # (raw header names are lower case)
+        k.decode("latin-1"): v.decode("latin-1")
+        for k, v in response.raw_headers
+        if k in _STORED_HEADERS
     }
     body = bytes(response.body)
     if redact is not None and response.status_code < 300:
