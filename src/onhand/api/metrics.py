@@ -82,6 +82,14 @@ class ApiMetrics:
         )
         self.oversell.inc(0)
         self._routes: dict[tuple[str, str], RouteMetrics] = {}
+        self._outcomes: dict[str, Any] = {}
+
+    def reservation(self, outcome: str) -> None:
+        """Count one reservation request with ``outcome`` (label child looked up once)."""
+        child = self._outcomes.get(outcome)
+        if child is None:
+            child = self._outcomes[outcome] = self.reservations.labels(outcome)
+        child.inc()
 
     def route(self, route: str, method: str) -> RouteMetrics:
         """The request metrics of ``route`` (its template) and ``method``."""

@@ -177,22 +177,22 @@ async def hold(
     try:
         res = await services.engine.reserve(request_)
     except IdempotencyConflict:
-        services.metrics.reservations.labels("conflict").inc()
+        services.metrics.reservation("conflict")
         await _settle_slot(services, key, rid)
         raise
     except InsufficientStock:
-        services.metrics.reservations.labels("insufficient").inc()
+        services.metrics.reservation("insufficient")
         await _drop(services, key, rid)
         raise
     except OnhandError:
-        services.metrics.reservations.labels("error").inc()
+        services.metrics.reservation("error")
         await _drop(services, key, rid)
         raise
     if res.status is not ReservationStatus.PENDING:
         await _drop(services, key, rid)
     elif res.replayed:
         await _admit_until(services, key, rid, res)
-    services.metrics.reservations.labels("replayed" if res.replayed else "held").inc()
+    services.metrics.reservation("replayed" if res.replayed else "held")
     return json_response(
         render(res), 200 if res.replayed else 201, {"Location": f"/v1/reservations/{rid}"}
     )
@@ -204,7 +204,7 @@ async def create(services: Services, key: ApiKey, body: ReservationCreate) -> Re
         request_ = await plan(services, key, body)
     except Problem as problem:
         if problem.slug == "line-quantity-limit":
-            services.metrics.reservations.labels("limited").inc()
+            services.metrics.reservation("limited")
         raise
     return await hold(services, key, request_, None)
 
