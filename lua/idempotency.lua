@@ -13,6 +13,8 @@
   abandon:  ARGV[3] token
 
   Record values: 'P|<fingerprint>|<token>' (pending) or 'D|<fingerprint>|<json>' (done).
+  lua/admit.lua mode `begin` does this script's `begin` for the reservation route (with
+  the hold admission in the same call): keep the two in step.
   Returns begin:   {'NEW', now_ms}  or {'FOUND', now_ms, value}
           finish:  {'OK', now_ms}   or {'LOST', now_ms} (the lock expired and another
                    request owns the record now: nothing stored)

@@ -257,7 +257,7 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port (ONHAND_API_PORT).")] = None,
     workers: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
 ) -> None:
-    """Serve the HTTP API with uvicorn (uvloop + httptools)."""
+    """Serve the HTTP API with uvicorn (uvloop + httptools, one write per response)."""
     import uvicorn
 
     settings = Settings()
@@ -269,7 +269,7 @@ def serve(
         port=settings.api_port if port is None else port,
         workers=workers or settings.api_workers,
         loop="uvloop",
-        http="httptools",
+        http="onhand.api.protocol:OneWriteHttpToolsProtocol",
         access_log=False,
         server_header=False,
         lifespan="on",  # a failed startup stops the server instead of serving without it

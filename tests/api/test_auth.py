@@ -466,3 +466,31 @@ async def test_a_repeated_pending_hold_keeps_its_slot_only_until_its_own_deadlin
     assert_problem(r, 429)
     # The slot ends with the original hold (60 s), not with the repeat's 600 s TTL.
     assert retry_after(r) <= 60
+
+
+async def test_admission_happens_once_per_idempotency_key_and_a_429_is_replayed(
+    api: Api,
+) -> None:
+    """The reservation route admits in the same script call as the key's begin: a retry
+    with the key replays and takes no second slot; a stored 429 stays the answer."""
+    admin = await api.client("admin")
+    await warehouse(admin, WH)
+    await stock(admin, SKU, WH, 100)
+    hoarder = await api.client("reservations:write", max_active_holds=1)
+    first_key, second_key = idem(), idem()
+    r = await hoarder.post("/v1/reservations", json=order("k1", (SKU, 1)), headers=first_key)
+    assert r.status_code == 201, r.text
+    rid = r.json()["reservation_id"]
+    again = await hoarder.post("/v1/reservations", json=order("k1", (SKU, 1)), headers=first_key)
+    assert again.status_code == 201 and again.headers["idempotent-replayed"] == "true"
+    assert again.json() == r.json()
+
+    full = await hoarder.post("/v1/reservations", json=order("k2", (SKU, 1)), headers=second_key)
+    assert assert_problem(full, 429)["type"] == "urn:onhand:problem:too-many-holds"
+    released = await hoarder.post(f"/v1/reservations/{rid}:release", headers=idem())
+    assert released.status_code == 200, released.text
+    replay = await hoarder.post("/v1/reservations", json=order("k2", (SKU, 1)), headers=second_key)
+    assert replay.status_code == 429 and replay.headers["idempotent-replayed"] == "true"
+    assert (await _availability(admin))["held"] == 0
+    fresh = await hoarder.post("/v1/reservations", json=order("k2", (SKU, 1)), headers=idem())
+    assert fresh.status_code == 201, fresh.text

@@ -242,6 +242,42 @@ async def test_the_oversell_counter_counts_units_promised_behind_the_engines_bac
     assert "onhand_oversell_total 3.0" in (await probe.get("/metrics")).text
 
 
+async def test_the_read_fast_path_answers_exactly_as_the_routes(api: Api) -> None:
+    """Every availability read, well-formed or not, gets from the app (fast path first)
+    what the documented route alone answers: status, body, ETag, content type."""
+    c = await shop(api, ("A", "W1", 4), ("A.B", "W2", 6), ("B", "W1", 1))
+    token = c.headers["authorization"]
+    app = api.app
+    route_only = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app.route_slowly),  # type: ignore[attr-defined]
+        base_url="http://onhand",
+        headers={"Authorization": token},
+    )
+    many = "&".join(f"sku=X{i}" for i in range(501))
+    urls = [
+        "/v1/skus/A/availability", "/v1/skus/A.B/availability", "/v1/skus/NONE/availability",
+        "/v1/skus/a%20b/availability", "/v1/availability?sku=A&sku=B",
+        "/v1/availability?sku=A%2EB&other=1&sku=NONE", "/v1/availability?sku=A+B",
+        "/v1/availability?sku=", "/v1/availability", "/v1/availability?sku=B&sku=B",
+        f"/v1/availability?{many}", "/v1/availability?sku=" + "x" * 65,
+    ]  # fmt: skip
+    async with route_only:
+        for url in urls:
+            fast, slow = await c.get(url), await route_only.get(url)
+            assert fast.status_code == slow.status_code, (url, fast.text, slow.text)
+            for header in ("content-type", "etag"):
+                assert fast.headers.get(header) == slow.headers.get(header), (url, header)
+            if fast.status_code == 200:
+                strip = re.compile(rb'"at_ms":\d+')  # read at different instants
+                assert strip.sub(b"", fast.content) == strip.sub(b"", slow.content), url
+            else:
+                assert fast.json() == slow.json(), url
+        for bad_key in ("Bearer nope", "Basic x"):
+            for url in urls[:1] + urls[4:5]:
+                r = await c.get(url, headers={"Authorization": bad_key})
+                assert r.status_code == 401, (url, r.text)
+
+
 # -- stock operations ---------------------------------------------------------------------
 async def test_receipts_adjustments_transfers_and_safety_stock_change_the_record(api: Api):
     c = await client(api, "stock:write")

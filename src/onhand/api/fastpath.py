@@ -1,8 +1,9 @@
 """The two hot paths without FastAPI's routing and dependency layers.
 
-Single-SKU availability reads (product pages) and reservations (checkout) are what
-run at peak. :class:`AvailabilityFastPath` answers ``GET /v1/skus/{sku}/availability``
-the same way (a verified key with ``availability:read``, an allow-listed SKU id, else
+Availability reads (product pages) and reservations (checkout) are what run at peak.
+:class:`AvailabilityFastPath` answers ``GET /v1/skus/{sku}/availability`` and
+``GET /v1/availability?sku=…`` the same way (a verified key with
+``availability:read``, allow-listed distinct SKU ids — at most ``MAX_BULK`` — else
 the regular route).
 
 
@@ -10,8 +11,8 @@ the regular route).
 answers it directly when the request is well-formed — a Bearer key that verifies and
 carries ``reservations:write``, an ``Idempotency-Key``, a JSON body within the size
 limit that validates strictly as :class:`~onhand.api.schemas.ReservationCreate` — by
-calling the same code as the route (:func:`~onhand.api.routes.reservations.create`
-under :func:`~onhand.api.services.run_idempotent`). Anything else is handed, body
+calling the same code as the route
+(:func:`~onhand.api.routes.reservations.create_idempotent`). Anything else is handed, body
 included, to the regular route, which answers exactly as documented. So the route, its
 OpenAPI entry and its validation stay the contract; this only skips work.
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import re
 import time
+from urllib.parse import parse_qsl
 
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -27,9 +29,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from onhand.api.bodies import read_body, replaying
 from onhand.api.problems import Problem, from_engine_error, problem_response
 from onhand.api.routes import availability
-from onhand.api.routes.reservations import create
-from onhand.api.schemas import ReservationCreate
-from onhand.api.services import Services, run_idempotent
+from onhand.api.routes.reservations import create_idempotent
+from onhand.api.schemas import MAX_BULK, ReservationCreate
+from onhand.api.services import Services
 from onhand.errors import OnhandError
 
 __all__ = ["AvailabilityFastPath", "ReservationFastPath"]
@@ -94,18 +96,15 @@ class ReservationFastPath:
             await self._delegate(scope, receive, send, body, False)
             return
         try:
-            response = await run_idempotent(
-                services, key.client_id, "POST", PATH, idem.decode("latin-1"),
-                order.model_dump_json().encode(), lambda: create(services, key, order),
-            )  # fmt: skip
+            response = await create_idempotent(services, key, order, idem.decode("latin-1"))
         except Problem as problem:
             response = problem_response(problem, None, path=PATH)
         except OnhandError as exc:
             response = problem_response(from_engine_error(exc), None, path=PATH)
         await response(scope, receive, send)
-        metrics = services.metrics
-        metrics.latency.labels(PATH, "POST").observe(time.perf_counter() - started)
-        metrics.requests.labels(PATH, "POST", f"{response.status_code // 100}xx").inc()
+        services.metrics.route(PATH, "POST").done(
+            response.status_code, time.perf_counter() - started
+        )
 
     async def _delegate(
         self, scope: Scope, receive: Receive, send: Send, body: bytes, more: bool
@@ -115,11 +114,28 @@ class ReservationFastPath:
 
 
 _AVAILABILITY = ("/v1/skus/", "/availability")
+SINGLE_ROUTE = "/v1/skus/{sku}/availability"
+BULK_PATH = "/v1/availability"
 ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
+def _bulk_skus(query_string: bytes) -> list[str] | None:
+    """The ``sku`` values of a bulk read the route would accept (1..MAX_BULK allow-listed,
+    distinct ids), parsed as Starlette parses a query string; else ``None``."""
+    skus = [v for k, v in parse_qsl(query_string.decode("latin-1"), True) if k == "sku"]
+    if not 0 < len(skus) <= MAX_BULK or len(set(skus)) != len(skus):
+        return None
+    fullmatch = ID.fullmatch
+    for sku in skus:
+        if fullmatch(sku) is None:
+            return None
+    return skus
+
+
 class AvailabilityFastPath:
-    """``GET /v1/skus/{sku}/availability`` for well-formed requests (module docstring)."""
+    """``GET /v1/skus/{sku}/availability`` and ``GET /v1/availability?sku=…`` for
+    well-formed requests (module docstring): a verified key with
+    ``availability:read`` and allow-listed SKU ids, else the regular route."""
 
     def __init__(self, app: ASGIApp, state: object) -> None:
         self.app, self.state = app, state
@@ -128,12 +144,18 @@ class AvailabilityFastPath:
         if scope["type"] != "http" or scope["method"] != "GET":
             return False  # (a lifespan scope has no path)
         path: str = scope["path"]
-        return path.startswith(_AVAILABILITY[0]) and path.endswith(_AVAILABILITY[1])
+        return path == BULK_PATH or (
+            path.startswith(_AVAILABILITY[0]) and path.endswith(_AVAILABILITY[1])
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         path: str = scope["path"]
-        sku = path[len(_AVAILABILITY[0]) : -len(_AVAILABILITY[1])]
+        if path == BULK_PATH:
+            route, skus = BULK_PATH, _bulk_skus(scope["query_string"])
+        else:
+            sku = path[len(_AVAILABILITY[0]) : -len(_AVAILABILITY[1])]
+            route, skus = SINGLE_ROUTE, [sku] if ID.fullmatch(sku) is not None else None
         services: Services | None = getattr(self.state, "services", None)
         auth = if_none_match = None
         for name, value in scope["headers"]:
@@ -142,20 +164,21 @@ class AvailabilityFastPath:
             elif name == b"if-none-match":
                 if_none_match = value.decode("latin-1")
         key = None
-        if services is not None and auth is not None and auth[:7] == "Bearer ":
+        if skus is not None and services is not None and auth is not None and auth[:7] == "Bearer ":
             key = await services.api_keys.verify(auth[7:].strip())
-        if key is None or not key.allows("availability:read") or ID.fullmatch(sku) is None:
+        if key is None or not key.allows("availability:read"):
             await self.app(scope, receive, send)
             return
-        assert services is not None
+        assert services is not None and skus is not None
         try:
-            found = await services.engine.availability(sku)
+            found = await services.engine.availability_many(skus)
         except OnhandError:
             await self.app(scope, receive, send)  # the route answers the problem
             return
-        body = availability.render(found, services.metrics)
-        response = availability.answer(body, availability.etag_of([body]), if_none_match)
+        bodies, etag = availability.rendered(found, services.metrics)
+        payload = bodies[0] if route is SINGLE_ROUTE else {"items": bodies}
+        response = availability.answer(payload, etag, if_none_match)
         await response(scope, receive, send)
-        route = "/v1/skus/{sku}/availability"
-        services.metrics.latency.labels(route, "GET").observe(time.perf_counter() - started)
-        services.metrics.requests.labels(route, "GET", f"{response.status_code // 100}xx").inc()
+        services.metrics.route(route, "GET").done(
+            response.status_code, time.perf_counter() - started
+        )

@@ -9,9 +9,34 @@ beyond stock without the SKU's recorded exposure accounting for them — it must
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["ApiMetrics"]
+__all__ = ["ApiMetrics", "RouteMetrics"]
+
+
+class RouteMetrics:
+    """The request metrics of one route template and method, with their label children
+    looked up once (``labels()`` costs a lock and a dict lookup per call). A status
+    class appears in the exposition once a request of that class was counted."""
+
+    __slots__ = ("_by_class", "_latency", "_method", "_requests", "_route")
+
+    def __init__(self, requests: Counter, latency: Histogram, route: str, method: str) -> None:
+        self._requests, self._route, self._method = requests, route, method
+        self._latency = latency.labels(route, method)
+        self._by_class: dict[int, Any] = {}
+
+    def done(self, status: int, seconds: float) -> None:
+        """Count one answered request of ``status`` that took ``seconds``."""
+        self._latency.observe(seconds)
+        counter = self._by_class.get(status // 100)
+        if counter is None:
+            counter = self._by_class[status // 100] = self._requests.labels(
+                self._route, self._method, f"{status // 100}xx"
+            )
+        counter.inc()
 
 
 class ApiMetrics:
@@ -56,3 +81,21 @@ class ApiMetrics:
             registry=r,
         )
         self.oversell.inc(0)
+        self._routes: dict[tuple[str, str], RouteMetrics] = {}
+        self._outcomes: dict[str, Any] = {}
+
+    def reservation(self, outcome: str) -> None:
+        """Count one reservation request with ``outcome`` (label child looked up once)."""
+        child = self._outcomes.get(outcome)
+        if child is None:
+            child = self._outcomes[outcome] = self.reservations.labels(outcome)
+        child.inc()
+
+    def route(self, route: str, method: str) -> RouteMetrics:
+        """The request metrics of ``route`` (its template) and ``method``."""
+        found = self._routes.get((route, method))
+        if found is None:
+            found = self._routes[route, method] = RouteMetrics(
+                self.requests, self.latency, route, method
+            )
+        return found

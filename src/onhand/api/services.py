@@ -17,7 +17,7 @@ from fastapi import Depends, Header, Request
 from starlette.responses import Response
 
 from onhand.api.apikeys import ApiKey, KeyStore
-from onhand.api.idempotency import Idempotency, Stored, fingerprint, parse_key
+from onhand.api.idempotency import Admission, Idempotency, Stored, fingerprint, parse_key
 from onhand.api.metrics import ApiMetrics
 from onhand.api.problems import Problem, from_engine_error, problem_response
 from onhand.catalog import WarehouseCatalog
@@ -62,6 +62,7 @@ def json_response(
     return Response(orjson.dumps(body), status, headers, media_type="application/json")
 
 
+_STORED_HEADERS = (b"etag", b"location", b"retry-after")
 _UNAUTHORIZED = {"WWW-Authenticate": 'Bearer realm="onhand"'}
 
 
@@ -154,11 +155,16 @@ async def run_idempotent(
     work: Callable[[], Awaitable[Response]],
     *,
     redact: Callable[[bytes], bytes] | None = None,
+    admit: Admission | None = None,
 ) -> Response:
-    """:func:`idempotent` without a Request (the reservation fast path calls this)."""
+    """:func:`idempotent` without a Request (the reservation route calls this).
+
+    ``admit``: the anti-hoarding admission to make in the same call as the record's
+    begin (:meth:`Idempotency.begin`); ``work`` reads its outcome.
+    """
     idem_key = parse_key(raw_key)
     fp = fingerprint(method, path, canonical_body)
-    ticket = await services.idempotency.begin(client_id, idem_key, fp)
+    ticket = await services.idempotency.begin(client_id, idem_key, fp, admit=admit)
     if isinstance(ticket, Stored):
         headers = dict(ticket.headers)
         headers["Idempotent-Replayed"] = "true"
@@ -176,10 +182,10 @@ async def run_idempotent(
     if response.status_code == 503:
         await services.idempotency.abandon(ticket)
         return response
-    headers = {
-        k: v
-        for k, v in response.headers.items()
-        if k.lower() in ("etag", "location", "retry-after")
+    headers = {  # (raw header names are lower case)
+        k.decode("latin-1"): v.decode("latin-1")
+        for k, v in response.raw_headers
+        if k in _STORED_HEADERS
     }
     body = bytes(response.body)
     if redact is not None and response.status_code < 300:

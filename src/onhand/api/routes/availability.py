@@ -25,34 +25,35 @@ Reader = Annotated[ApiKey, Depends(RequireScope("availability:read"))]
 _PROBLEMS = documented(401, 403, 422, 503, s422="Invalid SKU id or too many SKUs")
 
 
-def render(a: SkuAvailability, metrics: ApiMetrics | None = None) -> dict[str, object]:
-    """The JSON body for ``a``; counts an oversell when its records show promises that
-    the SKU's recorded exposure does not account for (:attr:`SkuAvailability.unaccounted`).
+def _stable(a: SkuAvailability, metrics: ApiMetrics | None) -> dict[str, object]:
+    """The answer for one SKU without its clock reading (``at_ms``): what the ETag hashes.
 
-    ``expected_restock_ms`` is given only when it is known: the pre-order release date
-    while pre-orders are open. A lead time alone is no date (and a moving estimate would
-    change the ETag on every read).
+    Counts an oversell when its records show promises that the SKU's recorded exposure
+    does not account for (:attr:`SkuAvailability.unaccounted`). ``expected_restock_ms``
+    is given only when it is known: the pre-order release date while pre-orders are
+    open. A lead time alone is no date (and a moving estimate would change the ETag on
+    every read).
     """
     policy = a.policy
-    if metrics is not None and a.unaccounted:
-        metrics.oversell.inc(a.unaccounted)
-    restock: int | None = None
-    if policy.preorder_limit > 0 and a.at_ms < policy.preorder_release_ms:
-        restock = policy.preorder_release_ms
-    return {
-        "sku": a.sku,
-        "available": a.available,
-        "on_hand": a.on_hand,
-        "held": a.held,
-        "committed": a.committed,
-        "backorder_remaining": a.backorder_remaining(),
-        "preorder_remaining": a.preorder_remaining(),
-        "low_stock": a.low_stock,
-        "expected_restock_ms": restock,
-        "warehouses": [
+    at_ms = a.at_ms
+    if metrics is not None:
+        unaccounted = a.unaccounted
+        if unaccounted:
+            metrics.oversell.inc(unaccounted)
+    available = on_hand = held = committed = 0
+    low_stock = False
+    warehouses = []
+    for lvl in a.levels:  # one pass: the totals are sums over the same levels
+        free = max(0, lvl.on_hand - lvl.held - lvl.committed - lvl.safety_stock)
+        available += free
+        on_hand += lvl.on_hand
+        held += lvl.held
+        committed += lvl.committed
+        low_stock = low_stock or lvl.low
+        warehouses.append(
             {
                 "warehouse": lvl.warehouse,
-                "available": max(0, lvl.available),
+                "available": free,
                 "on_hand": lvl.on_hand,
                 "held": lvl.held,
                 "committed": lvl.committed,
@@ -60,15 +61,50 @@ def render(a: SkuAvailability, metrics: ApiMetrics | None = None) -> dict[str, o
                 "low_stock": lvl.low,
                 "version": lvl.version,
             }
-            for lvl in a.levels
-        ],
-        "at_ms": a.at_ms,
+        )
+    restock: int | None = None
+    if policy.preorder_limit > 0 and at_ms < policy.preorder_release_ms:
+        restock = policy.preorder_release_ms
+    return {
+        "sku": a.sku,
+        "available": available,
+        "on_hand": on_hand,
+        "held": held,
+        "committed": committed,
+        "backorder_remaining": a.backorder_remaining(),
+        "preorder_remaining": a.preorder_remaining(),
+        "low_stock": low_stock,
+        "expected_restock_ms": restock,
+        "warehouses": warehouses,
     }
 
 
+def render(a: SkuAvailability, metrics: ApiMetrics | None = None) -> dict[str, object]:
+    """The JSON body for ``a`` (see :func:`_stable`), with its clock reading."""
+    body = _stable(a, metrics)
+    body["at_ms"] = a.at_ms
+    return body
+
+
+def rendered(
+    found: list[SkuAvailability], metrics: ApiMetrics | None = None
+) -> tuple[list[dict[str, object]], str]:
+    """``(bodies, etag)``: :func:`render` of each and :func:`etag_of` the bodies, without
+    copying each body to leave its ``at_ms`` out of the hash."""
+    bodies = [_stable(a, metrics) for a in found]
+    etag = _etag(orjson.dumps(bodies))
+    for body, a in zip(bodies, found, strict=True):
+        body["at_ms"] = a.at_ms
+    return bodies, etag
+
+
+def _etag(stable_json: bytes) -> str:
+    return 'W/"' + hashlib.blake2b(stable_json, digest_size=12).hexdigest() + '"'
+
+
 def etag_of(bodies: list[dict[str, object]]) -> str:
-    stable = [{k: v for k, v in b.items() if k != "at_ms"} for b in bodies]
-    return 'W/"' + hashlib.blake2b(orjson.dumps(stable), digest_size=12).hexdigest() + '"'
+    """A weak ETag of rendered bodies: a hash of their JSON without ``at_ms``."""
+    return _etag(orjson.dumps([{k: v for k, v in b.items() if k != "at_ms"} for b in bodies]))
 
 
 def answer(payload: object, etag: str, if_none_match: str | None) -> Response:
@@ -93,8 +129,8 @@ async def sku_availability(
     sku: Annotated[str, Path(pattern=ID, max_length=64)], request: Request, key: Reader
 ) -> Response:
     services = get_services(request)
-    body = render(await services.engine.availability(sku), services.metrics)
-    return _answer(request, body, etag_of([body]))
+    (body,), etag = rendered([await services.engine.availability(sku)], services.metrics)
+    return _answer(request, body, etag)
 
 
 @router.get(
@@ -120,6 +156,5 @@ async def bulk_availability(
             {"errors": [{"field": "sku", "message": "duplicate"}]},
         )
     services = get_services(request)
-    found = await services.engine.availability_many(sku)
-    items = [render(a, services.metrics) for a in found]
-    return _answer(request, {"items": items}, etag_of(items))
+    items, etag = rendered(await services.engine.availability_many(sku), services.metrics)
+    return _answer(request, {"items": items}, etag)

@@ -16,6 +16,7 @@ from starlette.responses import Response
 
 from onhand.allocation import nearest
 from onhand.api.apikeys import ApiKey
+from onhand.api.idempotency import Admission
 from onhand.api.problems import Problem, documented
 from onhand.api.schemas import (
     ID,
@@ -32,6 +33,7 @@ from onhand.api.services import (
     get_services,
     idempotent,
     json_response,
+    run_idempotent,
 )
 from onhand.domain import MAX_CANDIDATES, Line, Reservation, ReservationStatus, ReserveRequest
 from onhand.errors import IdempotencyConflict, InsufficientStock, OnhandError
@@ -39,6 +41,7 @@ from onhand.errors import IdempotencyConflict, InsufficientStock, OnhandError
 router = APIRouter(prefix="/v1", tags=["reservations"])
 Writer = Annotated[ApiKey, Depends(RequireScope("reservations:write"))]
 ReservationId = Annotated[str, Path(pattern=ID, max_length=64)]
+PATH = "/v1/reservations"
 _PROBLEMS = documented(
     400, 401, 403, 404, 409, 413, 422, 429, 503,
     s404="No such reservation (or another client's)",
@@ -80,23 +83,30 @@ def _candidates(services: Services, body: ReservationCreate) -> tuple[str, ...]:
     return ordered[:MAX_CANDIDATES]
 
 
+def _too_many_holds(limit: int, retry_after_ms: int) -> Problem:
+    return Problem(
+        429,
+        "too-many-holds",
+        "Too many active holds",
+        f"at most {limit} live holds per client",
+        {"limit": limit},
+        {"Retry-After": str(max(1, -(-retry_after_ms // 1000)))},
+    )
+
+
+def _hold_limit(services: Services, key: ApiKey) -> int:
+    return key.max_active_holds or services.settings.client_max_active_holds
+
+
 async def _admit(services: Services, key: ApiKey, rid: str, ttl_ms: int) -> None:
-    limit = key.max_active_holds or services.settings.client_max_active_holds
+    limit = _hold_limit(services, key)
     code, _, out = await services.engine.script(
         "admit",
         [services.engine.keys.client_holds(key.client_id)],
         ["add", rid, str(ttl_ms), str(limit)],
     )
     if code == "FULL":
-        retry_s = max(1, -(-int(out[0]) // 1000))
-        raise Problem(
-            429,
-            "too-many-holds",
-            "Too many active holds",
-            f"at most {limit} live holds per client",
-            {"limit": limit},
-            {"Retry-After": str(retry_s)},
-        )
+        raise _too_many_holds(limit, int(out[0]))
 
 
 async def _drop(services: Services, key: ApiKey, rid: str) -> None:
@@ -132,13 +142,13 @@ async def _settle_slot(services: Services, key: ApiKey, rid: str) -> None:
         await _admit_until(services, key, rid, existing)
 
 
-async def create(services: Services, key: ApiKey, body: ReservationCreate) -> Response:
-    """Hold an order for ``key``'s client (the route and the fast path both call this)."""
+async def plan(services: Services, key: ApiKey, body: ReservationCreate) -> ReserveRequest:
+    """The engine request for ``body``, after the checks that precede admission (line
+    quantity cap: 429; no active warehouse: 409). Changes nothing."""
     settings = services.settings
     cap = key.max_line_qty or settings.client_max_line_qty
     over = [ln.sku for ln in body.lines if ln.qty > cap]
     if over:
-        services.metrics.reservations.labels("limited").inc()
         raise Problem(
             429,
             "line-quantity-limit",
@@ -152,30 +162,83 @@ async def create(services: Services, key: ApiKey, body: ReservationCreate) -> Re
     ttl_ms = body.ttl_ms or settings.hold_ttl_ms
     rid = f"{key.client_id}.{body.order_id}"
     lines = tuple(Line(ln.sku, ln.qty, candidates, allow_split=ln.allow_split) for ln in body.lines)
-    request_ = ReserveRequest(rid, lines, ttl_ms, owner=key.client_id, actor=f"key:{key.key_id}")
-    await _admit(services, key, rid, ttl_ms)
+    return ReserveRequest(rid, lines, ttl_ms, owner=key.client_id, actor=f"key:{key.key_id}")
+
+
+async def hold(
+    services: Services, key: ApiKey, request_: ReserveRequest, admission: Admission | None
+) -> Response:
+    """Admit (unless ``admission`` was made already) and reserve ``request_``."""
+    rid = request_.reservation_id
+    if admission is None:
+        await _admit(services, key, rid, request_.ttl_ms)
+    elif not admission.admitted:
+        raise _too_many_holds(admission.limit, admission.retry_after_ms or 0)
     try:
         res = await services.engine.reserve(request_)
     except IdempotencyConflict:
-        services.metrics.reservations.labels("conflict").inc()
+        services.metrics.reservation("conflict")
         await _settle_slot(services, key, rid)
         raise
     except InsufficientStock:
-        services.metrics.reservations.labels("insufficient").inc()
+        services.metrics.reservation("insufficient")
         await _drop(services, key, rid)
         raise
     except OnhandError:
-        services.metrics.reservations.labels("error").inc()
+        services.metrics.reservation("error")
         await _drop(services, key, rid)
         raise
     if res.status is not ReservationStatus.PENDING:
         await _drop(services, key, rid)
     elif res.replayed:
         await _admit_until(services, key, rid, res)
-    services.metrics.reservations.labels("replayed" if res.replayed else "held").inc()
+    services.metrics.reservation("replayed" if res.replayed else "held")
     return json_response(
         render(res), 200 if res.replayed else 201, {"Location": f"/v1/reservations/{rid}"}
     )
+
+
+async def create(services: Services, key: ApiKey, body: ReservationCreate) -> Response:
+    """Hold an order for ``key``'s client: :func:`plan`, then :func:`hold`."""
+    try:
+        request_ = await plan(services, key, body)
+    except Problem as problem:
+        if problem.slug == "line-quantity-limit":
+            services.metrics.reservation("limited")
+        raise
+    return await hold(services, key, request_, None)
+
+
+async def create_idempotent(
+    services: Services, key: ApiKey, body: ReservationCreate, raw_key: str
+) -> Response:
+    """``POST /v1/reservations`` under its Idempotency-Key (the route and the fast path).
+
+    When :func:`plan` passes, the Idempotency-Key record is taken and the order admitted
+    in one script call (``lua/admit.lua`` ``begin``); otherwise the request runs as
+    :func:`create`, whose answer (the same problem) is stored under the key as always.
+    """
+    canonical = body.model_dump_json().encode()
+    try:
+        request_ = await plan(services, key, body)
+    except (Problem, OnhandError):
+        request_ = None
+    if request_ is None:
+        return await run_idempotent(
+            services, key.client_id, "POST", PATH, raw_key, canonical,
+            lambda: create(services, key, body),
+        )  # fmt: skip
+    admission = Admission(
+        services.engine.keys.client_holds(key.client_id),
+        request_.reservation_id,
+        request_.ttl_ms,
+        _hold_limit(services, key),
+    )
+    ready = request_
+    return await run_idempotent(
+        services, key.client_id, "POST", PATH, raw_key, canonical,
+        lambda: hold(services, key, ready, admission), admit=admission,
+    )  # fmt: skip
 
 
 @router.post(
@@ -191,13 +254,7 @@ async def create(services: Services, key: ApiKey, body: ReservationCreate) -> Re
 async def create_reservation(
     body: ReservationCreate, request: Request, key: Writer, idempotency_key: IdempotencyKey
 ) -> Response:
-    return await idempotent(
-        request,
-        key,
-        idempotency_key,
-        body.model_dump_json().encode(),
-        lambda: create(get_services(request), key, body),
-    )
+    return await create_idempotent(get_services(request), key, body, idempotency_key)
 
 
 async def _owned(services: Services, key: ApiKey, rid: str) -> Reservation:
