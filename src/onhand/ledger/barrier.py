@@ -74,12 +74,12 @@ class DurableConfirms:
         return reservation
 
     async def _apply(self, batch: Batch) -> None:
-        """Write through, serialised with the writer's reservation statements (its
-        advisory lock); a deadlock Postgres breaks anyway is retried (apply is
-        idempotent)."""
+        """Write through, serialised with the writer's transactions (``write_through``:
+        see ``onhand.ledger.store.WRITE_THROUGH_LOCK``); a deadlock Postgres breaks
+        anyway is retried (apply is idempotent)."""
         for attempt in range(3):
             try:
-                await self.store.apply(batch, lock_reservations=True)
+                await self.store.apply(batch, lock_reservations=True, write_through=True)
                 return
             except asyncpg.exceptions.DeadlockDetectedError:
                 if attempt == 2:
@@ -117,7 +117,7 @@ async def set_policy_durably(
     events = await engine.set_policy_with_events(sku, policy, actor=actor)
     batch = _movements_only(events)
     try:
-        await store.apply(batch)
+        await store.apply(batch, write_through=True)
     except TRANSIENT_PG as exc:
         raise EngineUnavailable(
             f"policy of {sku} is set but not yet durable (Postgres: {exc}); retry"

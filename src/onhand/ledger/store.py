@@ -310,6 +310,18 @@ could deadlock. Everything else a group writes is its own (records, movements an
 watermarks live in one partition), so only this tail of the transactions is serial."""
 
 
+WRITER_SHARED_LOCK = "SELECT pg_advisory_xact_lock_shared(7283459120148)"
+WRITE_THROUGH_LOCK = "SELECT pg_advisory_xact_lock(7283459120148)"
+"""Every writer transaction takes the first (shared: writer transactions still run
+side by side), a write-through of the confirm or policy barrier the second (exclusive),
+each as its first statement. Both kinds insert the same rows (a confirm's movements,
+allocations and stream positions), in different orders and partly under
+:data:`RESERVATIONS_LOCK`; without this, each could wait for the other's rows and
+Postgres would break the cycle only after ``deadlock_timeout`` (a 1 s confirm stall and
+a writer retry). Now a write-through waits at most for the writer transactions in
+flight, and none waits for it while it runs."""
+
+
 def _staged_scripts(types: frozenset[bytes]) -> tuple[str, str]:
     """The statements a staged batch needs (by the event types in it), as two scripts:
     the first ends with the movements insert (its status is the script's); the second,
@@ -320,6 +332,7 @@ def _staged_scripts(types: frozenset[bytes]) -> tuple[str, str]:
     if b"reserved" in types:
         first.append(_STAGED_ALLOCATIONS)
     first += [_STAGED_MARKS, _STAGED_MOVEMENTS]
+    first.insert(0, WRITER_SHARED_LOCK)
     second = []
     if b"reserved" in types:
         second.append(_STAGED_RESERVATIONS)
@@ -365,12 +378,20 @@ class LedgerStore:
     async def close(self) -> None:
         await self.pool.close()
 
-    async def apply(self, batch: Batch, *, lock_reservations: bool = False) -> ApplyResult:
+    async def apply(
+        self, batch: Batch, *, lock_reservations: bool = False, write_through: bool = False
+    ) -> ApplyResult:
         """Apply ``batch`` in one transaction (see the module docstring).
 
         ``lock_reservations``: take :data:`RESERVATIONS_LOCK` before the reservation
-        statements (the writer, which runs transactions concurrently)."""
+        statements (the writer, which runs transactions concurrently), and the writer's
+        shared lock first; ``write_through``: a barrier's transaction, which takes
+        :data:`WRITE_THROUGH_LOCK` first instead."""
         async with self.pool.acquire() as conn, conn.transaction():
+            if write_through:
+                await conn.execute(WRITE_THROUGH_LOCK)
+            elif lock_reservations:
+                await conn.execute(WRITER_SHARED_LOCK)
             return await self._apply(conn, batch, lock_reservations=lock_reservations)
 
     async def apply_staged(self, staged: Staged) -> ApplyResult:
