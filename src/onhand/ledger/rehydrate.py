@@ -120,22 +120,12 @@ async def settle_levels(store: LedgerStore, *, now_ms: int) -> int:
         if rows:
             await conn.execute(
                 _UPSERT_LEVELS,
-                *([r[c] for r in rows] for c in _LEVEL_COLUMNS),
+                *(list(column) for column in zip(*rows, strict=True)),  # SELECT's order
                 [now_ms] * len(rows),
             )
     return len(rows)
 
 
-_LEVEL_COLUMNS = (
-    "sku",
-    "warehouse",
-    "on_hand",
-    "held",
-    "committed",
-    "safety_stock",
-    "version",
-    "low",
-)
 _UPSERT_LEVELS = """
 INSERT INTO stock_levels
     (sku, warehouse, on_hand, held, committed, safety_stock, version, low, updated_ms)
