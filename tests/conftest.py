@@ -39,6 +39,7 @@ Tests using ``pg_admin_url`` or ``database_url`` are marked ``postgres`` automat
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -46,6 +47,7 @@ import pytest
 import redis
 import redis.asyncio
 
+from onhand.engine.scripts import library_source
 from onhand.ledger.migrate import upgrade
 from tests.pg import (
     PostgresServer,
@@ -109,10 +111,28 @@ def redis_url(pytestconfig: pytest.Config) -> Iterator[str]:
     """URL of the Redis server shared by the whole test session."""
     url = pytestconfig.stash[_SESSION_REDIS]
     if url is not None:
-        yield url
+        with _library_left_as_found(url):
+            yield url
         return
     with RedisServer() as server:
         yield server.url
+
+
+@contextlib.contextmanager
+def _library_left_as_found(url: str) -> Iterator[None]:
+    """On a Redis this session did not start: delete onhand's function library at the
+    end if the session loaded it (functions are server-wide, not in a namespace). A
+    concurrent user of the same library is unharmed: the engine loads it again."""
+    name = library_source().name
+    with redis.Redis.from_url(url, socket_timeout=10) as client:
+        had = bool(client.function_list(library=name))
+    yield
+    if not had:
+        with (
+            redis.Redis.from_url(url, socket_timeout=10) as client,
+            contextlib.suppress(redis.ResponseError),
+        ):
+            client.function_delete(name)
 
 
 def delete_namespace(url: str, namespace: str) -> int:
