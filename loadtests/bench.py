@@ -327,27 +327,28 @@ def _redis_cli_args() -> list[str]:
     return args
 
 
-async def redis_benchmark(
-    run: Run, function: str, keys: list[str], argv: list[str], n: int
-) -> dict[str, float]:
-    cmd = [
+RAND_RANGE = 2_147_483_647
+"""redis-benchmark's ``-r``: each ``__rand_int__`` becomes a number below this."""
+
+
+def redis_benchmark_cmd(call: list[str], keys: list[str], argv: list[str], n: int) -> list[str]:
+    """``redis-benchmark`` sending ``call`` (e.g. ``FCALL <function>``) with ``keys`` and
+    ``argv`` ``n`` times: 50 clients, 16 pipelined, random ids, CSV output."""
+    return [
         "redis-benchmark",
         *_redis_cli_args(),
-        "-n",
-        str(n),
-        "-c",
-        "50",
-        "-P",
-        "16",
-        "-r",
-        "2147483647",
-        "--csv",
-        "FCALL",
-        function,
+        *("-n", str(n), "-c", "50", "-P", "16", "-r", str(RAND_RANGE), "--csv"),
+        *call,
         str(len(keys)),
         *keys,
         *argv,
     ]
+
+
+async def redis_benchmark(
+    run: Run, function: str, keys: list[str], argv: list[str], n: int
+) -> dict[str, float]:
+    cmd = redis_benchmark_cmd(["FCALL", function], keys, argv, n)
     password = urlparse(REDIS_URL).password
     if password:
         run.secrets[password] = "$REDIS_PASSWORD"

@@ -48,13 +48,21 @@ from pathlib import Path
 from types import ModuleType
 
 import onhand.engine.scripts as new_scripts
-from loadtests.bench import HOT, PARTITIONS, WH, _comm, _redis_cli_args, cpu_seconds, reserve_call
+from loadtests.bench import (
+    HOT,
+    PARTITIONS,
+    RAND_RANGE,
+    WH,
+    _comm,
+    cpu_seconds,
+    redis_benchmark_cmd,
+    reserve_call,
+)
 from loadtests.common import REDIS_URL, delete_namespace
 from onhand.domain import MAX_QTY
 from onhand.engine.redis import RedisEngine, connect
 
 REPO = Path(__file__).resolve().parents[1]
-RAND_RANGE = 2_147_483_647
 
 
 def base_tree(ref: str) -> Path:
@@ -99,23 +107,7 @@ def reserve_command(scripts: ModuleType, client: object) -> list[str]:
 
 
 def redis_benchmark(command: list[str], keys: list[str], argv: list[str], n: int) -> float:
-    cmd = [
-        "redis-benchmark",
-        *_redis_cli_args(),
-        "-n",
-        str(n),
-        "-c",
-        "50",
-        "-P",
-        "16",
-        "-r",
-        str(RAND_RANGE),
-        "--csv",
-        *command,
-        str(len(keys)),
-        *keys,
-        *argv,
-    ]
+    cmd = redis_benchmark_cmd(command, keys, argv, n)
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=True).stdout
     rows = [r for r in csv.reader(out.splitlines()) if r and r[0] != "test"]
     return float(rows[-1][1])
