@@ -287,6 +287,14 @@ async def test_every_scoped_route_answers_401_without_a_live_key_and_403_without
 
 
 # -- ownership ----------------------------------------------------------------------------
+async def _stocked(api: Api, qty: int) -> httpx.AsyncClient:
+    """An admin client, with warehouse ``WH`` and ``qty`` of ``SKU`` in it."""
+    admin = await api.client("admin")
+    await warehouse(admin, WH)
+    await stock(admin, SKU, WH, qty)
+    return admin
+
+
 async def _hold(client: httpx.AsyncClient, order_id: str, qty: int = 1) -> str:
     r = await client.post("/v1/reservations", json=order(order_id, (SKU, qty)), headers=idem())
     assert r.status_code == 201, r.text
@@ -379,9 +387,7 @@ def retry_after(r: httpx.Response) -> int:
 
 
 async def test_a_line_above_the_keys_max_line_qty_is_429_and_nothing_is_held(api: Api) -> None:
-    admin = await api.client("admin")
-    await warehouse(admin, WH)
-    await stock(admin, SKU, WH, 100)
+    admin = await _stocked(api, 100)
     capped = await api.client("reservations:write", max_line_qty=5)
     before = await _availability(admin)
 
@@ -400,9 +406,7 @@ async def test_a_line_above_the_keys_max_line_qty_is_429_and_nothing_is_held(api
 
 
 async def test_the_hold_above_max_active_holds_is_429_until_one_is_released(api: Api) -> None:
-    admin = await api.client("admin")
-    await warehouse(admin, WH)
-    await stock(admin, SKU, WH, 100)
+    admin = await _stocked(api, 100)
     hoarder = await api.client("reservations:write", max_active_holds=2)
     first = await _hold(hoarder, "h1")
     await _hold(hoarder, "h2")
@@ -426,9 +430,7 @@ async def test_the_hold_above_max_active_holds_is_429_until_one_is_released(api:
 async def test_reusing_a_confirmed_order_id_differently_does_not_keep_a_hold_slot(
     api: Api,
 ) -> None:
-    admin = await api.client("admin")
-    await warehouse(admin, WH)
-    await stock(admin, SKU, WH, 100)
+    await _stocked(api, 100)
     single = await api.client("reservations:write", max_active_holds=1)
     rid = await _hold(single, "o1")
     r = await single.post(f"/v1/reservations/{rid}:confirm", headers=idem())
@@ -443,9 +445,7 @@ async def test_reusing_a_confirmed_order_id_differently_does_not_keep_a_hold_slo
 async def test_a_repeated_pending_hold_keeps_its_slot_only_until_its_own_deadline(
     api: Api,
 ) -> None:
-    admin = await api.client("admin")
-    await warehouse(admin, WH)
-    await stock(admin, SKU, WH, 100)
+    await _stocked(api, 100)
     single = await api.client("reservations:write", max_active_holds=1)
     first = await single.post(
         "/v1/reservations", json=order("o1", (SKU, 1), ttl_ms=60_000), headers=idem()
@@ -473,9 +473,7 @@ async def test_admission_happens_once_per_idempotency_key_and_a_429_is_replayed(
 ) -> None:
     """The reservation route admits in the same script call as the key's begin: a retry
     with the key replays and takes no second slot; a stored 429 stays the answer."""
-    admin = await api.client("admin")
-    await warehouse(admin, WH)
-    await stock(admin, SKU, WH, 100)
+    admin = await _stocked(api, 100)
     hoarder = await api.client("reservations:write", max_active_holds=1)
     first_key, second_key = idem(), idem()
     r = await hoarder.post("/v1/reservations", json=order("k1", (SKU, 1)), headers=first_key)
