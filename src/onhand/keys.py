@@ -31,10 +31,24 @@ import re
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
-__all__ = ["Keys"]
+__all__ = ["Keys", "SkuKeys"]
 
 _NAMESPACE = re.compile(r"[A-Za-z0-9_-]{1,32}")
+
+
+class SkuKeys(NamedTuple):
+    """A SKU's keys from one partition computation (:meth:`Keys.sku_keys`): the first
+    five are a reserve line's SKU keys (:meth:`Keys.line_keys`); ``stock_head + wh`` is
+    the key of the SKU's stock record in warehouse ``wh`` (:meth:`Keys.stock`)."""
+
+    sku: str
+    warehouses: str
+    holds: str
+    stream: str
+    ready: str
+    stock_head: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,17 +105,23 @@ class Keys:
         prefix = self.prefix(self.partition(reservation_id))
         return f"{prefix}res:{reservation_id}", f"{prefix}deadlines", f"{prefix}ready"
 
-    def line_keys(self, sku: str) -> tuple[str, str, str, str, str]:
-        """(:meth:`sku`, :meth:`warehouses`, :meth:`holds`, :meth:`sku_stream`,
-        :meth:`sku_ready`) with one partition computation: a reserve line's SKU keys."""
+    def sku_keys(self, sku: str) -> SkuKeys:
+        """Every key of one SKU (see :class:`SkuKeys`) with one partition computation."""
         prefix = self.prefix(self.partition(sku))
-        return (
+        return SkuKeys(
             f"{prefix}sku:{sku}",
             f"{prefix}whs:{sku}",
             f"{prefix}holds:{sku}",
             f"{prefix}events",
             f"{prefix}ready",
+            f"{prefix}stock:{sku}:",
         )
+
+    def line_keys(self, sku: str) -> tuple[str, str, str, str, str]:
+        """(:meth:`sku`, :meth:`warehouses`, :meth:`holds`, :meth:`sku_stream`,
+        :meth:`sku_ready`) with one partition computation: a reserve line's SKU keys."""
+        keys = self.sku_keys(sku)
+        return keys.sku, keys.warehouses, keys.holds, keys.stream, keys.ready
 
     def stocks(self, sku: str, warehouses: Sequence[str]) -> list[str]:
         """[:meth:`stock` (sku, wh) for wh in warehouses] with one partition computation."""

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from onhand.api.metrics import ApiMetrics
-from onhand.api.routes.availability import etag_of, render, rendered
+from onhand.api.routes.availability import bulk_body, etag_of, render, rendered, single_body
 from onhand.domain import SkuAvailability, SkuPolicy, StockLevel
 
 counts = st.integers(0, 10**6)
@@ -78,11 +78,15 @@ def reference(a: SkuAvailability) -> dict[str, object]:
 @given(st.lists(skus, max_size=4))
 def test_bodies_and_etag_match_the_domain_definitions(found: list[SkuAvailability]) -> None:
     metrics = ApiMetrics()
-    bodies, etag = rendered(found, metrics)
+    data, etag = rendered(found, metrics)
+    bodies = orjson.loads(data)
     oversold = metrics.registry.get_sample_value("onhand_oversell_total")
     assert oversold == sum(a.unaccounted for a in found)
     expected = [reference(a) for a in found]
-    assert orjson.dumps(bodies) == orjson.dumps(expected)  # same members, same order
+    assert data == orjson.dumps(expected)  # same members, same order, same bytes
+    if found:
+        assert single_body(orjson.dumps(expected[:1])) == orjson.dumps(expected[0])
+    assert orjson.loads(bulk_body(data)) == {"items": expected}
     assert [render(a) for a in found] == expected
     stable = [{k: v for k, v in b.items() if k != "at_ms"} for b in expected]
     digest = hashlib.blake2b(orjson.dumps(stable), digest_size=12).hexdigest()

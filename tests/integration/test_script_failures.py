@@ -91,6 +91,11 @@ SCENARIOS: dict[str, Scenario] = {
     "cancel-sku-hash": lambda e, w: (e.keys.sku(w.b), lambda: e.cancel(w.confirmed)),
     "expire-events": lambda e, w: (e.keys.sku_stream(w.b), e.expire_due),
     "expire-holds": lambda e, w: (e.keys.holds(w.b), e.expire_due),
+    "availability-sku-hash": lambda e, w: (e.keys.sku(w.a), lambda: e.availability(w.a)),
+    "availability-warehouse-set": lambda e, w: (
+        e.keys.warehouses(w.a), lambda: e.availability(w.a)),
+    "availability-record": lambda e, w: (
+        e.keys.stock(w.a, w.w1), lambda: e.availability_many([w.b, w.a])),
 }  # fmt: skip
 
 

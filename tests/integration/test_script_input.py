@@ -100,7 +100,8 @@ BASE: dict[str, Callable[[World], tuple[list[str], list[str]]]] = {
     "idempotency": lambda w: (
         [w.k.idempotency("c1", "ab" * 32)], ["0", "begin", "fp", "token", "60000"]),
     "read": lambda w: (
-        [w.k.sku_ready(w.a), w.k.sku(w.a), w.k.warehouses(w.a)], ["0", "1", "hs", "2", "bo", "po"]),
+        [w.k.sku_ready(w.a), w.k.sku(w.a), w.k.warehouses(w.a)],
+        ["0", "1", "hs", "2", "bo", "po", "0"]),
 }  # fmt: skip
 
 # script -> {ARGV index: kind}; kinds are ("int", lo, hi), "id", "opt_id", "text", "flag", "fp".
@@ -131,7 +132,7 @@ SLOTS: dict[str, dict[int, Kind]] = {
     "digest": {3: ("int", 1, 64)},
     "admit": {3: "id", 4: TTL, 5: QTY},
     "idempotency": {3: "text", 4: "text", 5: TTL},
-    "read": {2: ("int", 0, 16384), 4: ("int", 0, 64)},
+    "read": {2: ("int", 0, 16384), 4: ("int", 0, 64), 7: ("int", 0, 64)},
 }  # fmt: skip
 
 
@@ -181,6 +182,9 @@ def _cases() -> Iterator[object]:
         "reserve-duplicate-sku": Case("reserve", ((16, "<a>"),), "16"),
         "reserve-duplicate-candidate": Case("reserve", ((15, "<w1>"),), "15"),
         "reserve-33-candidates": Case("reserve", ((13, "33"),), "13"),
+        "read-unknown-plan-letter": Case("read", ((3, "hx"),), "3"),
+        "read-plan-longer-than-the-keys": Case("read", ((3, "hsh"),), "3"),
+        "read-field-list-b-used-but-empty": Case("read", ((3, "Hs"),), "7"),
     }
     for name, case in special.items():
         yield pytest.param(case, id=name)

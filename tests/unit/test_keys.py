@@ -63,3 +63,6 @@ def test_grouped_key_builders_equal_the_single_ones():
             k.sku_ready(ident),
         )
         assert k.stocks(ident, ["W1", "w-2"]) == [k.stock(ident, "W1"), k.stock(ident, "w-2")]
+        sku_keys = k.sku_keys(ident)
+        assert tuple(sku_keys[:5]) == k.line_keys(ident)
+        assert sku_keys.stock_head + "W1" == k.stock(ident, "W1")

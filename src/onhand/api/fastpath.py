@@ -176,8 +176,12 @@ class AvailabilityFastPath:
             await self.app(scope, receive, send)  # the route answers the problem
             return
         bodies, etag = availability.rendered(found, services.metrics)
-        payload = bodies[0] if route is SINGLE_ROUTE else {"items": bodies}
-        response = availability.answer(payload, etag, if_none_match)
+        body = (
+            availability.single_body(bodies)
+            if route is SINGLE_ROUTE
+            else availability.bulk_body(bodies)
+        )
+        response = availability.answer(body, etag, if_none_match)
         await response(scope, receive, send)
         services.metrics.route(route, "GET").done(
             response.status_code, time.perf_counter() - started

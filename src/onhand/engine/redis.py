@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
+import orjson
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry
@@ -65,7 +66,7 @@ from onhand.errors import (
     VersionConflict,
 )
 from onhand.events import Event
-from onhand.keys import Keys
+from onhand.keys import Keys, SkuKeys
 from onhand.state import State
 
 __all__ = ["DEFAULT_RETENTION_MS", "Confirmation", "RedisEngine", "StreamEvent", "connect"]
@@ -73,7 +74,7 @@ __all__ = ["DEFAULT_RETENTION_MS", "Confirmation", "RedisEngine", "StreamEvent",
 DEFAULT_RETENTION_MS = 24 * 60 * 60 * 1000
 """Resolved reservations are kept this long (24 h) so repeats stay idempotent."""
 _OK = ("OK", "REPLAY")
-_LINE_KEYS_MAX = 65_536
+_SKU_KEYS_MAX = 65_536
 RUN_ID_TTL_S = 1.0
 """Reads trust a cached server run_id this long (writes check the live one)."""
 
@@ -105,12 +106,24 @@ def _text(value: object) -> str:
 
 
 def _level(sku: str, warehouse: str, values: Sequence[str]) -> StockLevel:
-    on, he, co, ss, v = (int(x) for x in values[:5])
-    return StockLevel(sku, warehouse, on, he, co, ss, v, values[5] == "1")
+    return StockLevel(
+        sku,
+        warehouse,
+        int(values[0]),
+        int(values[1]),
+        int(values[2]),
+        int(values[3]),
+        int(values[4]),
+        values[5] == "1",
+    )
 
 
 _POLICY_FIELDS = ("bo", "po", "prel", "rp", "rq", "lt", "mlq")
+_POLICY_DEFAULTS = (0, 0, 0, 0, 0, 0, MAX_QTY)
 _RECORD_FIELDS = ("on", "he", "co", "ss", "v", "low")
+_SKU_READ_FIELDS = (*_POLICY_FIELDS, "bey")
+_READ_ATTEMPTS = 4
+"""Reads of a bulk availability call at most (a warehouse new to a SKU repeats it)."""
 
 
 class RedisEngine(StockEngine):
@@ -145,7 +158,9 @@ class RedisEngine(StockEngine):
         self._retention = str(check_int("retention_ms", retention_ms, 1, MAX_STOCK))
         self._run_id: str | None = None
         self._run_id_checked = 0.0
-        self._line_keys_memo: dict[str, tuple[str, str, str, str, str]] = {}
+        self._sku_keys_memo: dict[str, SkuKeys] = {}
+        self._policy_memo: dict[tuple[str, ...], SkuPolicy] = {}
+        self._warehouses_memo: dict[str, tuple[str, ...]] = {}
 
     # -- calling scripts -----------------------------------------------------------------
     def _now_arg(self) -> str:
@@ -347,16 +362,16 @@ class RedisEngine(StockEngine):
         return self._parse_emitted(out[1:])
 
     # -- reservations --------------------------------------------------------------------
-    def _line_keys(self, sku: str) -> tuple[str, str, str, str, str]:
-        """A reserve line's SKU keys (policy, warehouses, holds, stream, ready marker),
-        built once per SKU: five CRC-32s and f-strings per line on every call otherwise.
-        The memo is bounded (cleared when it reaches ``_LINE_KEYS_MAX`` SKUs)."""
-        cached = self._line_keys_memo.get(sku)
+    def _sku_keys(self, sku: str) -> SkuKeys:
+        """A SKU's keys (:meth:`Keys.sku_keys`), built once per SKU: a CRC-32 and six
+        f-strings per SKU on every reserve line and availability read otherwise. The
+        memo is bounded (cleared when it reaches ``_SKU_KEYS_MAX`` SKUs)."""
+        cached = self._sku_keys_memo.get(sku)
         if cached is None:
-            cached = self.keys.line_keys(sku)
-            if len(self._line_keys_memo) >= _LINE_KEYS_MAX:
-                self._line_keys_memo.clear()
-            self._line_keys_memo[sku] = cached
+            cached = self.keys.sku_keys(sku)
+            if len(self._sku_keys_memo) >= _SKU_KEYS_MAX:
+                self._sku_keys_memo.clear()
+            self._sku_keys_memo[sku] = cached
         return cached
 
     def _reservation(self, rid: str, at: int, out: list[str], replayed: bool) -> Reservation:
@@ -390,8 +405,9 @@ class RedisEngine(StockEngine):
             str(len(request.lines)),
         ]
         for line in request.lines:
-            keys += self._line_keys(line.sku)
-            keys += k.stocks(line.sku, line.warehouses)
+            sku_keys = self._sku_keys(line.sku)
+            keys += sku_keys[:5]
+            keys += [sku_keys.stock_head + wh for wh in line.warehouses]
             args += [
                 line.sku,
                 str(line.qty),
@@ -652,56 +668,100 @@ class RedisEngine(StockEngine):
         return (await self.availability_many([sku]))[0]
 
     async def availability_many(self, skus: Sequence[str]) -> list[SkuAvailability]:
-        """:meth:`availability` of many SKUs: two ``read`` script calls in all (policies
-        and warehouse sets, then the records), each behind the fencing check."""
+        """:meth:`availability` of many SKUs: one ``read`` script call (one atomic
+        snapshot behind the fencing check) in the steady state.
+
+        The call reads each SKU's policy and exposure, its warehouse set, and the records
+        of the warehouses this engine last saw in that set. A set that differs from what
+        was assumed (a SKU's first read here, or a warehouse new to the SKU: the sets
+        only grow) is remembered and the whole read repeated, so every answer comes from
+        one snapshot in which the records read are exactly the set's."""
         for sku in skus:
             check_id("sku", sku)
         if not skus:
             return []
-        k = self.keys
-        ready = sorted({k.sku_ready(s) for s in skus})
-        keys = list(ready)
-        for sku in skus:
-            keys += (k.sku(sku), k.warehouses(sku))
-        head = [str(len(ready)), "hs" * len(skus), str(len(_POLICY_FIELDS)), *_POLICY_FIELDS]
-        _, now, out, _ = await self._run("read", keys, head, retry=True)
-        policies: list[list[str]] = []
-        warehouses: list[list[str]] = []
-        pos = 0
-        for _sku in skus:
-            policies.append(out[pos : pos + len(_POLICY_FIELDS)])
-            pos += len(_POLICY_FIELDS)
-            count = int(out[pos])
-            warehouses.append(sorted(out[pos + 1 : pos + 1 + count]))
-            pos += 1 + count
-        # The second round reads each SKU's exposure again next to its records, so
-        # ``beyond`` and the levels come from one atomic snapshot (a record field list
-        # plus ``bey``: records have no ``bey``, the SKU hash has only ``bey``).
-        keys2: list[str] = [*ready]
-        for sku, whs in zip(skus, warehouses, strict=True):
-            keys2.append(k.sku(sku))
-            keys2 += (k.stock(sku, wh) for wh in whs)
-        fields = (*_RECORD_FIELDS, "bey")
-        head = [str(len(ready)), "h" * (len(keys2) - len(ready)), str(len(fields))]
-        _, _, values, _ = await self._run("read", keys2, [*head, *fields], retry=True)
-        defaults = (0, 0, 0, 0, 0, 0, MAX_QTY)
-        result = []
-        at = 0
-        width = len(fields)
-        for sku, raw_policy, whs in zip(skus, policies, warehouses, strict=True):
-            p = [int(v) if v else None for v in raw_policy]
-            policy = SkuPolicy(
-                *(d if v is None else v for v, d in zip(p[:7], defaults, strict=True))
+        sku_keys = [self._sku_keys(s) for s in skus]
+        ready = sorted({sk.ready for sk in sku_keys})
+        memo = self._warehouses_memo
+        for _ in range(_READ_ATTEMPTS):
+            assumed = [memo.get(s, ()) for s in skus]
+            keys = list(ready)
+            plan = []
+            for sk, whs in zip(sku_keys, assumed, strict=True):
+                keys += (sk.sku, sk.warehouses)
+                keys += [sk.stock_head + wh for wh in whs]
+                plan.append("Hs" + "h" * len(whs))
+            now, values = await self._read_values(
+                keys, len(ready), "".join(plan), _RECORD_FIELDS, _SKU_READ_FIELDS
             )
-            beyond = int(values[at + width - 1] or 0)
-            at += width
-            levels = []
-            for wh in whs:
-                rec = values[at : at + width - 1]
-                at += width
-                levels.append(_level(sku, wh, [v or "0" for v in rec]))
-            result.append(SkuAvailability(sku, tuple(levels), policy, beyond, now))
-        return result
+            result = []
+            stale = False
+            at = 0
+            width = len(_RECORD_FIELDS)
+            for sku, whs in zip(skus, assumed, strict=True):
+                raw_policy = values[at : at + len(_POLICY_FIELDS)]
+                beyond = int(values[at + len(_POLICY_FIELDS)] or 0)
+                at += len(_SKU_READ_FIELDS)
+                count = int(values[at])
+                members = tuple(sorted(values[at + 1 : at + 1 + count]))
+                at += 1 + count
+                if members != whs:
+                    stale = True
+                    self._remember_warehouses(sku, members)
+                    at += width * len(whs)
+                    continue
+                levels = []
+                for wh in whs:
+                    levels.append(_level(sku, wh, [v or "0" for v in values[at : at + width]]))
+                    at += width
+                result.append(
+                    SkuAvailability(sku, tuple(levels), self._policy(raw_policy), beyond, now)
+                )
+            if not stale:
+                return result
+        raise EngineUnavailable("availability: warehouse sets kept changing while read; retry")
+
+    def _remember_warehouses(self, sku: str, warehouses: tuple[str, ...]) -> None:
+        if len(self._warehouses_memo) >= _SKU_KEYS_MAX:
+            self._warehouses_memo.clear()
+        self._warehouses_memo[sku] = warehouses
+
+    def _policy(self, raw: list[str]) -> SkuPolicy:
+        """A SKU's policy from its stored fields ('' = unset), built (and validated) once
+        per distinct set of values: most SKUs of a catalogue share a few policies. The
+        memo is bounded like the key memo."""
+        values = tuple(raw)
+        policy = self._policy_memo.get(values)
+        if policy is None:
+            policy = SkuPolicy(
+                *(int(v) if v else d for v, d in zip(values, _POLICY_DEFAULTS, strict=True))
+            )
+            if len(self._policy_memo) >= _SKU_KEYS_MAX:
+                self._policy_memo.clear()
+            self._policy_memo[values] = policy
+        return policy
+
+    async def _read_values(
+        self,
+        keys: list[str],
+        ready: int,
+        plan: str,
+        fields_h: Sequence[str],
+        fields_upper_h: Sequence[str] = (),
+    ) -> tuple[int, list[str]]:
+        """One ``read`` call (``ready`` markers lead ``keys``; ``plan`` as in read.lua,
+        ``fields_h`` / ``fields_upper_h`` its field lists for 'h' / 'H'): the server time
+        and the values read, decoded from the script's one JSON string."""
+        args = [str(ready), plan, str(len(fields_h)), *fields_h]
+        args += [str(len(fields_upper_h)), *fields_upper_h]
+        _, now, out, _ = await self._run("read", keys, args, retry=True)
+        try:
+            values = orjson.loads(out[0])
+        except (IndexError, orjson.JSONDecodeError) as exc:
+            raise EngineFault(f"read: a reply that is not a JSON list: {exc}", at_ms=now) from exc
+        if not isinstance(values, list):  # the script encodes a list of strings, never else
+            raise EngineFault("read: a reply that is not a JSON list", at_ms=now)
+        return now, values
 
     async def state(self) -> State:
         try:
