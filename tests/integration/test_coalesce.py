@@ -43,6 +43,35 @@ async def test_concurrent_reserves_share_pipelines_and_each_gets_its_own_answer(
         assert (level.on_hand, level.held) == (50, 50)
 
 
+async def test_under_heavy_load_full_batches_go_out_beyond_the_eager_pipelines(
+    redis_url: str, namespace: str
+) -> None:
+    sku, wh = new_id("sku"), new_id("wh")
+    async with open_engine(redis_url, namespace, coalesce=True) as engine:
+        await engine.receive(sku, wh, 1_000)
+        coalescer = engine._coalescer
+        assert coalescer is not None
+        request = ReserveRequest  # 400 callers arrive in one loop turn, before any reply
+        await asyncio.gather(
+            *(engine.reserve(request(f"h{i}", (Line(sku, 1, (wh,)),), 60_000)) for i in range(400))
+        )
+        assert coalescer.largest_batch == coalescer.max_batch
+        assert coalescer.peak_in_flight == coalescer.max_in_flight > coalescer.eager_in_flight
+        assert (await engine.stock_level(sku, wh)).held == 400
+
+
+async def test_a_lone_call_is_sent_at_once_and_alone(redis_url: str, namespace: str) -> None:
+    sku, wh = new_id("sku"), new_id("wh")
+    async with open_engine(redis_url, namespace, coalesce=True) as engine:
+        await engine.receive(sku, wh, 5)
+        coalescer = engine._coalescer
+        assert coalescer is not None
+        before = coalescer.pipelines
+        await engine.reserve(ReserveRequest("lone", (Line(sku, 1, (wh,)),), 60_000))
+        assert coalescer.pipelines == before + 1
+        assert coalescer.largest_batch == 1 and coalescer.peak_in_flight == 1
+
+
 async def test_an_error_in_one_coalesced_call_does_not_touch_its_neighbours(
     redis_url: str, namespace: str
 ) -> None:

@@ -52,16 +52,37 @@ _Call = tuple[ScriptFunction, Sequence[str], Sequence[str], "asyncio.Future[Any]
 
 
 class Coalescer:
-    def __init__(self, client: Redis, *, max_batch: int = 256, max_in_flight: int = 2) -> None:
+    """Concurrent script calls sent as shared pipelines (module docstring).
+
+    Up to ``eager_in_flight`` pipelines go out as soon as calls wait, whatever their
+    number: under light load a call waits for nothing. Beyond that, up to
+    ``max_in_flight`` pipelines, only a full batch (``max_batch`` calls) is sent, so
+    under heavy load Redis always has work queued in slices of a few milliseconds
+    instead of one long batch per round trip (a 256-call batch of ``reserve`` is
+    ≈ 15 ms of Redis time, during which its callers wait and, once it answers, Redis
+    idles while they are handled).
+    """
+
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        max_batch: int = 32,
+        max_in_flight: int = 8,
+        eager_in_flight: int = 2,
+    ) -> None:
         self.client = client
         self.max_batch = max_batch
         self.max_in_flight = max_in_flight
+        self.eager_in_flight = min(eager_in_flight, max_in_flight)
         self._queue: list[_Call] = []
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.pipelines = 0
         self.calls = 0
+        self.largest_batch = 0
+        self.peak_in_flight = 0
 
     async def call(self, script: ScriptFunction, keys: Sequence[str], args: Sequence[str]) -> Any:
         # One loop per coalescer (the client's connections belong to it anyway); looked
@@ -76,9 +97,13 @@ class Coalescer:
 
     def _kick(self) -> None:
         while self._queue and self._in_flight < self.max_in_flight:
+            if self._in_flight >= self.eager_in_flight and len(self._queue) < self.max_batch:
+                return  # a partial batch waits for a pipeline to come back
             batch = self._queue[: self.max_batch]
             del self._queue[: self.max_batch]
             self._in_flight += 1
+            self.largest_batch = max(self.largest_batch, len(batch))
+            self.peak_in_flight = max(self.peak_in_flight, self._in_flight)
             task = self._loop.create_task(self._send(batch))  # type: ignore[union-attr]
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
