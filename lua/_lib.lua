@@ -147,6 +147,8 @@ local function num(v)
   return tonumber(v)
 end
 
+-- A record keeps each counter twice: as a number (on, he, ...) and as the decimal text
+-- it is written as (ons, hes, ...), so a change formats only the counters it moves.
 local RECS = {}  -- per call
 local function rec_load(key)
   local r = RECS[key]
@@ -154,6 +156,7 @@ local function rec_load(key)
   local v = redis.call('HMGET', key, 'on', 'he', 'co', 'ss', 'v', 'low')
   r = {key = key, on = num(v[1]), he = num(v[2]), co = num(v[3]), ss = num(v[4]),
        v = num(v[5]), low = (v[6] == '1')}
+  r.ons, r.hes, r.cos, r.sss = fmt(r.on), fmt(r.he), fmt(r.co), fmt(r.ss)
   RECS[key] = r
   return r
 end
@@ -191,10 +194,12 @@ end
 
 -- Every entry this script appended: {stream, entry id, fields}, for replies that must
 -- carry their events (confirm: the ledger writes them through before answering).
+-- f: the entry's field list; n: how many of its slots are used (#f when omitted).
 local EMITTED = {}  -- per call
-local function emit(stream, f)
-  local id = redis.call('XADD', stream, '*', unpack(f))
-  EMITTED[#EMITTED + 1] = {stream, id, f}
+local function emit(stream, f, n)
+  n = n or #f
+  local id = redis.call('XADD', stream, '*', unpack(f, 1, n))
+  EMITTED[#EMITTED + 1] = {stream, id, f, n}
 end
 
 -- reply .. {n, stream, id, n_fields, fields..., stream, id, ...}
@@ -203,22 +208,29 @@ local function with_emitted(reply)
   for _, e in ipairs(EMITTED) do
     reply[#reply + 1] = e[1]
     reply[#reply + 1] = e[2]
-    reply[#reply + 1] = fmt(#e[3])
-    for _, v in ipairs(e[3]) do reply[#reply + 1] = v end
+    reply[#reply + 1] = fmt(e[4])
+    local f = e[3]
+    for i = 1, e[4] do reply[#reply + 1] = f[i] end
   end
   return reply
 end
 
 -- Apply one change to a loaded record and append its event (plus low_stock on the
 -- downward edge). c = {etype, sku, wh, stream, don, dhe, dco, ss (new or nil),
--- whs (set key or nil), extra = flat list of extra event fields}.
+-- whs (set key or nil): the SKU's warehouse set gets the warehouse,
+-- new_whs (set key or nil): the same, only if the record is new (version 0) — for
+--   reserve: every script that creates a record passes whs, so a record with a version
+--   is a member already (rehydrate builds the sets from the same events),
+-- extra = flat list of extra event fields}.
 local function rec_change(r, s, c)
   local before = exposure(r)
+  local new = r.v == 0
   local don, dhe, dco = c.don or 0, c.dhe or 0, c.dco or 0
-  r.on = r.on + don
-  r.he = r.he + dhe
-  r.co = r.co + dco
-  if c.ss then r.ss = c.ss end
+  -- Each moved counter is formatted once, for the record and for the event.
+  if don ~= 0 then r.on = r.on + don; r.ons = fmt(r.on) end
+  if dhe ~= 0 then r.he = r.he + dhe; r.hes = fmt(r.he) end
+  if dco ~= 0 then r.co = r.co + dco; r.cos = fmt(r.co) end
+  if c.ss and c.ss ~= r.ss then r.ss = c.ss; r.sss = fmt(r.ss) end
   r.v = r.v + 1
   local low = avail(r) < s.rp
   local dbey = exposure(r) - before
@@ -226,11 +238,14 @@ local function rec_change(r, s, c)
     s.bey = s.bey + dbey
     redis.call('HSET', s.key, 'bey', fmt(s.bey))
   end
-  -- Each level is formatted once, for the record and for the event.
-  local ons, hes, cos, sss, vs = fmt(r.on), fmt(r.he), fmt(r.co), fmt(r.ss), fmt(r.v)
+  local ons, hes, cos, sss, vs = r.ons, r.hes, r.cos, r.sss, fmt(r.v)
   local lows, beys = low and '1' or '0', fmt(s.bey)
   redis.call('HSET', r.key, 'on', ons, 'he', hes, 'co', cos, 'ss', sss, 'v', vs, 'low', lows)
-  if c.whs then redis.call('SADD', c.whs, c.wh) end
+  if c.whs then
+    redis.call('SADD', c.whs, c.wh)
+  elseif c.new_whs and new then
+    redis.call('SADD', c.new_whs, c.wh)
+  end
   local f = {'id', 's:' .. c.sku .. ':' .. c.wh .. ':' .. vs, 't', c.etype, 'ts', NOWS,
              'sku', c.sku, 'wh', c.wh}
   local n = 10
@@ -249,7 +264,7 @@ local function rec_change(r, s, c)
       end
     end
   end
-  emit(c.stream, f)
+  emit(c.stream, f, n)
   if low and not r.low then
     emit(c.stream, {'id', 'l:' .. c.sku .. ':' .. c.wh .. ':' .. vs, 't', 'low_stock',
                     'ts', NOWS, 'sku', c.sku, 'wh', c.wh, 'on', ons, 'he', hes, 'co', cos,

@@ -128,20 +128,26 @@ local function main()
   for _, line in ipairs(lines) do require_ready(line.readyk) end
 
   -- Idempotency: a known id answers with what it holds (or a conflict), nothing more.
-  local h = header_load(KEYS[1])
-  if h then
-    if h.fp == fp then return view('REPLAY', h) end
-    reject('CONFLICT')
+  -- (EXISTS first: a new id, the common case, needs no header fields.)
+  if redis.call('EXISTS', KEYS[1]) == 1 then
+    local h = header_load(KEYS[1])
+    if h then
+      if h.fp == fp then return view('REPLAY', h) end
+      reject('CONFLICT')
+    end
   end
 
-  -- Type-check every key written below, and load what the plan reads.
+  -- Type-check every key written below, and load what the plan reads. The warehouse
+  -- set is written only for a new record (rec_change's new_whs), so it is checked only
+  -- when a candidate record is new.
   want_type(KEYS[2], 'zset')
   for li, line in ipairs(lines) do
-    want_type(line.whsk, 'set')
     want_type(line.holdk, 'zset')
     want_type(line.strk, 'stream')
     line.s = sku_load(line.skuk)
-    for c = 1, line.n do rec_load(line.recs[c]) end
+    local fresh = false
+    for c = 1, line.n do fresh = rec_load(line.recs[c]).v == 0 or fresh end
+    if fresh then want_type(line.whsk, 'set') end
     if line.qty > line.s.mlq then reject('LINECAP', fmt(li - 1), fmt(line.s.mlq)) end
   end
 
@@ -203,7 +209,7 @@ local function main()
     for _, p in ipairs(line.plan) do
       rec_change(rec_load(line.recs[p[1]]), line.s, {
         etype = 'reserved', sku = line.sku, wh = line.whs[p[1]], stream = line.strk,
-        dhe = p[2], whs = line.whsk,
+        dhe = p[2], new_whs = line.whsk,
         extra = {'res', rid, 'ln', lns, 'dl', dls, 'cap', caps, 'fp', fp,
                  'own', owner, 'act', actor}})
     end

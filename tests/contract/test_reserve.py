@@ -186,6 +186,20 @@ async def test_a_backorder_with_split_takes_all_stock_and_the_rest_at_the_prefer
     assert allocated(res.allocations) == {(sku2, c): 2, (sku2, d): 3}
 
 
+async def test_a_hold_on_a_warehouse_that_never_had_stock_is_listed_in_availability(
+    engine: StockEngine, clock: ManualClock
+):
+    sku, wh, other = new_id("sku"), new_id("wh"), new_id("wh")
+    release = clock.now_ms + 10_000
+    await engine.set_policy(sku, SkuPolicy(preorder_limit=5, preorder_release_ms=release))
+    await engine.reserve(order(new_id("r"), line(sku, 2, wh)))  # the record is new here
+    await engine.reserve(order(new_id("r"), line(sku, 1, wh)))  # and exists here
+    await engine.receive(sku, other, 4)
+    levels = {lvl.warehouse: lvl for lvl in (await engine.availability(sku)).levels}
+    assert set(levels) == {wh, other}
+    assert (levels[wh].held, levels[wh].version) == (3, 2)
+
+
 async def test_preorders_are_allowed_only_before_the_release_date(
     engine: StockEngine, clock: ManualClock
 ):
