@@ -34,14 +34,22 @@ from onhand.engine.scripts import ScriptFunction, function_missing
 __all__ = ["Coalescer", "pack_fcall"]
 
 _FCALL = b"*%d\r\n$5\r\nFCALL\r\n$%d\r\n%b\r\n$%d\r\n%d\r\n"
+_FCALL_TEXT = "*%d\r\n$5\r\nFCALL\r\n$%d\r\n%s\r\n$%d\r\n%d\r\n"
 
 
 def pack_fcall(function: str, keys: Sequence[str], args: Sequence[str]) -> bytes:
-    """``FCALL function len(keys) *keys *args`` as one RESP array (UTF-8 bulk strings)."""
+    """``FCALL function len(keys) *keys *args`` as one RESP array (UTF-8 bulk strings).
+
+    Keys, ids and numbers are ASCII (allow-listed), where a string's length is its
+    byte length: the command is then built as one text and encoded once; anything
+    else is encoded item by item."""
     n = len(keys)
+    text = _FCALL_TEXT % (3 + n + len(args), len(function), function, len(str(n)), n)
+    text += "".join([f"${len(item)}\r\n{item}\r\n" for item in (*keys, *args)])
+    if text.isascii():
+        return text.encode()
     name = function.encode()
-    head = _FCALL % (3 + n + len(args), len(name), name, len(str(n)), n)
-    parts = [head]
+    parts = [_FCALL % (3 + n + len(args), len(name), name, len(str(n)), n)]
     for item in (*keys, *args):
         data = item.encode()
         parts.append(b"$%d\r\n%b\r\n" % (len(data), data))

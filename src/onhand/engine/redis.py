@@ -15,7 +15,6 @@ surface the error for the caller's own idempotency layer. Build the client with
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -380,7 +379,7 @@ class RedisEngine(StockEngine):
             sorted(
                 (
                     Allocation(int(a["l"]), a["s"], a["w"], int(a["q"]))
-                    for a in json.loads(allocs_json)
+                    for a in orjson.loads(allocs_json)
                 ),
                 key=lambda a: (a.line, a.warehouse),
             )
