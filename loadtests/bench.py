@@ -7,7 +7,8 @@ a. Redis ceiling: the real ``reserve`` script, driven by ``redis-benchmark``.
 b. Engine: ``RedisEngine.reserve`` from 256 callers in one process, coalesced and not.
 c. HTTP: ``POST /v1/reservations`` through ``onhand serve`` (1 and 2 workers) with wrk,
    next to ``GET /livez``; CPU of the API workers per request; a py-spy profile.
-d. Availability reads over HTTP (one SKU, 100 SKUs).
+d. Availability reads over HTTP: one SKU; 100 SKUs saturated (capacity) and paced at
+   about half that rate (``wrk/paced_get.lua``; the latency target).
 e. The textbook Postgres design (``SELECT … FOR UPDATE``, ``UPDATE``, ``INSERT``).
 f. ``onhand writer`` while (c) runs with 2 workers: drain rate and lag.
 (``--only c`` runs c, d and f: they share the servers.)
