@@ -12,7 +12,7 @@ import asyncio
 import pytest
 
 from onhand.domain import Line, ReserveRequest
-from onhand.errors import InsufficientStock, InvalidInput
+from onhand.errors import EngineFault, InsufficientStock, InvalidInput
 from tests.integration.support import new_id, open_engine
 
 
@@ -87,6 +87,42 @@ async def test_an_error_in_one_coalesced_call_does_not_touch_its_neighbours(
         assert isinstance(results[1], InvalidInput), results[1]
         assert not isinstance(results[2], BaseException)
         assert (await engine.stock_level(sku, wh)).on_hand == 12
+
+
+async def test_reserves_batched_into_one_call_each_get_their_own_answer_or_error(
+    redis_url: str, namespace: str
+) -> None:
+    sku, bad, wh = new_id("sku"), new_id("sku"), new_id("wh")
+    async with open_engine(redis_url, namespace, coalesce=True) as engine:
+        await engine.receive(sku, wh, 100)
+        await engine.receive(bad, wh, 100)
+        coalescer = engine._coalescer
+        assert coalescer is not None
+        await engine.client.delete(engine.keys.holds(bad))
+        await engine.client.set(engine.keys.holds(bad), "not a zset")
+        await engine.client.set(engine.keys.reservation("taken"), "not a hash")
+
+        def hold(rid: str, of: str = sku) -> ReserveRequest:
+            return ReserveRequest(rid, (Line(of, 1, (wh,)),), 60_000)
+
+        keys, args = engine.reserve_arguments(hold("badarg"))
+        args[3] = "0"  # ttl_ms out of range: refused by the script
+        calls = [engine.reserve(hold(f"g{i}")) for i in range(8)]
+        calls += [
+            engine.run_script("reserve", keys, args),
+            engine.reserve(hold("wrongtype", bad)),  # the script finds a key of another type
+            engine.reserve(hold("taken")),  # Redis fails the call: header of another type
+        ]
+        calls += [engine.reserve(hold(f"h{i}")) for i in range(8)]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert coalescer.batched >= 10, coalescer.batched
+        good = results[:8] + results[11:]
+        assert not [r for r in good if isinstance(r, BaseException)], good
+        assert isinstance(results[8], InvalidInput), results[8]
+        assert isinstance(results[9], EngineFault), results[9]
+        assert isinstance(results[10], EngineFault), results[10]
+        assert (await engine.stock_level(sku, wh)).held == 16
+        assert (await engine.stock_level(bad, wh)).held == 0
 
 
 @pytest.mark.slow

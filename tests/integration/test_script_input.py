@@ -84,6 +84,7 @@ BASE: dict[str, Callable[[World], tuple[list[str], list[str]]]] = {
     "reserve": lambda w: (w.reserve(), [
         "0", "86400000", w.fresh, "ab" * 32, "60000", "7200000", "own-1", "tester", "2",
         w.a, "1", "0", "2", w.w1, w.w2, w.b, "1", "1", "1", w.w1]),
+    "reserve_many": lambda w: _one_order_batch(*BASE["reserve"](w)),
     "confirm": lambda w: (w.header(w.pending), ["0", "86400000", "tester"]),
     "release": lambda w: (w.header(w.pending), ["0", "86400000", "tester"]),
     "extend": lambda w: (w.header(w.pending), ["0", "86400000", "1000", "tester"]),
@@ -104,6 +105,12 @@ BASE: dict[str, Callable[[World], tuple[list[str], list[str]]]] = {
         ["0", "1", "hs", "2", "bo", "po", "0"]),
 }  # fmt: skip
 
+
+def _one_order_batch(keys: list[str], args: list[str]) -> tuple[list[str], list[str]]:
+    """reserve_many's KEYS and ARGV for the one reserve call ``keys``, ``args``."""
+    return keys, ["1", str(len(keys)), str(len(args)), *args]
+
+
 # script -> {ARGV index: kind}; kinds are ("int", lo, hi), "id", "opt_id", "text", "flag", "fp".
 Kind = tuple[str, int, int] | str
 QTY, STOCK, TTL = ("int", 1, MAX_QTY), ("int", 0, MAX_STOCK), ("int", 1, MAX_TTL_MS)
@@ -119,6 +126,7 @@ SLOTS: dict[str, dict[int, Kind]] = {
     "reserve": {2: RETENTION, 3: "id", 4: "fp", 5: TTL, 6: RETENTION, 7: "opt_id", 8: "text",
                 9: ("int", 1, 100), 10: "id", 11: QTY, 12: "flag", 13: ("int", 1, 32),
                 14: "id", 15: "id", 16: "id", 17: QTY, 18: "flag", 19: ("int", 1, 32), 20: "id"},
+    "reserve_many": {2: ("int", 1, 10), 3: ("int", 1, 21)},
     "confirm": {2: RETENTION, 3: "text"},
     "release": {2: RETENTION, 3: "text"},
     "extend": {2: RETENTION, 3: TTL, 4: "text"},

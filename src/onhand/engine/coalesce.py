@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -58,6 +58,50 @@ def pack_fcall(function: str, keys: Sequence[str], args: Sequence[str]) -> bytes
 
 _Call = tuple[ScriptFunction, Sequence[str], Sequence[str], "asyncio.Future[Any]"]
 
+BATCHED = {"reserve": "reserve_many"}
+"""Scripts with a batch form: several calls of the key go out as one call of the value
+(each call's KEYS and ARGV as a block; see ``lua/reserve_many.lua``)."""
+
+
+class _Command(NamedTuple):
+    """One FCALL of a pipeline and the calls it answers."""
+
+    function: str
+    keys: Sequence[str]
+    args: Sequence[str]
+    calls: list[_Call]
+    batched: bool
+
+
+def _commands(batch: list[_Call]) -> list[_Command]:
+    """The FCALLs that carry ``batch``: each call as itself, except that two or more
+    calls of a script with a batch form (:data:`BATCHED`) become one call of that form,
+    placed where the first of them was."""
+    groups: dict[str, list[_Call]] = {}
+    for call in batch:
+        if call[0].name in BATCHED:
+            groups.setdefault(call[0].name, []).append(call)
+    commands: list[_Command] = []
+    for call in batch:
+        script, keys, args, _ = call
+        group = groups.get(script.name)
+        if group is None or len(group) == 1:
+            commands.append(_Command(script.function, keys, args, [call], False))
+        elif group[0] is call:
+            head = [str(len(group))]
+            for _, k, a, _ in group:
+                head += (str(len(k)), str(len(a)))
+            commands.append(
+                _Command(
+                    script.sibling(BATCHED[script.name]).function,
+                    [key for _, k, _, _ in group for key in k],
+                    head + [arg for _, _, a, _ in group for arg in a],
+                    group,
+                    True,
+                )
+            )
+    return commands
+
 
 class Coalescer:
     """Concurrent script calls sent as shared pipelines (module docstring).
@@ -91,6 +135,7 @@ class Coalescer:
         self.calls = 0
         self.largest_batch = 0
         self.peak_in_flight = 0
+        self.batched = 0  # calls answered through a batch form (BATCHED)
 
     async def call(self, script: ScriptFunction, keys: Sequence[str], args: Sequence[str]) -> Any:
         # One loop per coalescer (the client's connections belong to it anyway); looked
@@ -119,8 +164,9 @@ class Coalescer:
     async def _send(self, batch: list[_Call]) -> None:
         try:
             try:
-                payload = b"".join(pack_fcall(s.function, k, a) for s, k, a, _ in batch)
-                replies = await self._roundtrip(payload, len(batch))
+                commands = _commands(batch)
+                payload = b"".join(pack_fcall(c.function, c.keys, c.args) for c in commands)
+                replies = await self._roundtrip(payload, len(commands))
             except BaseException as exc:  # the connection failed: every call shares it
                 for *_, future in batch:
                     if not future.done():
@@ -130,18 +176,42 @@ class Coalescer:
                 return
             self.pipelines += 1
             self.calls += len(batch)
-            for (script, keys, args, future), reply in zip(batch, replies, strict=True):
-                if future.done():
+            for command, reply in zip(commands, replies, strict=True):
+                if command.batched and not function_missing(reply):
+                    self.batched += len(command.calls)
+                    self._answer_batch(command.calls, reply)
                     continue
-                if function_missing(reply):
-                    self._rerun(script, keys, args, future)
-                elif isinstance(reply, Exception):
-                    future.set_exception(reply)
-                else:
-                    future.set_result(reply)
+                for script, keys, args, future in command.calls:
+                    if future.done():
+                        continue
+                    if function_missing(reply):
+                        self._rerun(script, keys, args, future)
+                    elif isinstance(reply, Exception):
+                        future.set_exception(reply)
+                    else:
+                        future.set_result(reply)
         finally:
             self._in_flight -= 1
             self._kick()
+
+    @staticmethod
+    def _answer_batch(calls: list[_Call], reply: Any) -> None:
+        """Hand each call of a batch FCALL its own reply (``reserve_many``'s contract:
+        ``['OK', '0', reply_1, …]``); an error of the whole call goes to every call."""
+        if isinstance(reply, Exception):
+            answers: list[Any] = [reply] * len(calls)
+        elif isinstance(reply, list) and len(reply) == len(calls) + 2 and reply[0] == b"OK":
+            answers = reply[2:]
+        else:
+            error = ResponseError(f"batch call: unexpected reply {reply!r:.200}")
+            answers = [error] * len(calls)
+        for (*_, future), answer in zip(calls, answers, strict=True):
+            if future.done():
+                continue
+            if isinstance(answer, Exception):
+                future.set_exception(answer)
+            else:
+                future.set_result(answer)
 
     async def _roundtrip(self, payload: bytes, count: int) -> list[Any]:
         """Write ``payload`` (``count`` commands) on one pooled connection and read the

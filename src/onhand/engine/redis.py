@@ -388,11 +388,10 @@ class RedisEngine(StockEngine):
             rid, ReservationStatus(status), allocs, int(created), int(deadline), owner, replayed, at
         )
 
-    async def reserve(self, request: ReserveRequest) -> Reservation:
-        if not isinstance(request, ReserveRequest):
-            raise InvalidInput("request", "must be a ReserveRequest")
-        k, rid = self.keys, request.reservation_id
-        keys = list(k.reservation_keys(rid))
+    def reserve_arguments(self, request: ReserveRequest) -> tuple[list[str], list[str]]:
+        """The KEYS and the ARGV after the clock of ``reserve.lua`` for ``request``."""
+        rid = request.reservation_id
+        keys = list(self.keys.reservation_keys(rid))
         args = [
             self._retention,
             rid,
@@ -414,6 +413,13 @@ class RedisEngine(StockEngine):
                 str(len(line.warehouses)),
                 *line.warehouses,
             ]
+        return keys, args
+
+    async def reserve(self, request: ReserveRequest) -> Reservation:
+        if not isinstance(request, ReserveRequest):
+            raise InvalidInput("request", "must be a ReserveRequest")
+        rid = request.reservation_id
+        keys, args = self.reserve_arguments(request)
         code, at, out, retried = await self._run("reserve", keys, args, retry=True)
         if code in _OK:
             # A REPLAY found by our own retry is the first attempt's success, not a repeat.

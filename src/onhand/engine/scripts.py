@@ -42,6 +42,7 @@ SCRIPT_NAMES = (
     "set_safety_stock",
     "set_policy",
     "reserve",
+    "reserve_many",
     "confirm",
     "release",
     "extend",
@@ -261,6 +262,10 @@ class ScriptFunction:
         self._scripts = scripts
         self.name = name
         self.function = scripts.library.functions[name]
+
+    def sibling(self, name: str) -> ScriptFunction:
+        """Script ``name`` of the same library and client."""
+        return self._scripts[name]
 
     async def __call__(self, *, keys: Sequence[str], args: Sequence[str]) -> Any:
         client = self._scripts.client

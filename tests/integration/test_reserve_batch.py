@@ -1,0 +1,136 @@
+"""``reserve_many``: a batch of reserves answers and changes exactly what the same
+reserves sent one by one do (real Redis).
+
+Two namespaces get the same stock, policies, holds and clock; one receives the orders
+as one ``reserve_many`` call, the other as consecutive ``reserve`` calls. Every reply,
+the resulting state and the events must be equal — across new holds, repeats,
+conflicts, shortfalls, line caps, overdue holds expired on the short path, a
+malformed order, a fenced partition and orders of one SKU seeing each other's holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio
+
+from onhand.domain import Line, ReserveRequest, SkuPolicy
+from onhand.engine.base import ManualClock
+from onhand.engine.redis import RedisEngine
+from onhand.engine.scripts import Scripts
+from onhand.errors import EngineNotReady
+from tests.integration.support import PARTITIONS
+
+T0 = 1_700_000_000_000
+
+
+async def _world(client: redis.asyncio.Redis, namespace: str, clock: ManualClock) -> RedisEngine:
+    engine = RedisEngine(client, namespace=namespace, partitions=PARTITIONS, clock=clock)
+    await engine.mark_ready(0)
+    for sku, wh, qty in (("A", "W1", 5), ("A", "W2", 4), ("B", "W1", 9), ("D", "W1", 5)):
+        await engine.receive(sku, wh, qty)
+    await engine.set_policy("B", SkuPolicy(max_line_qty=5))
+    await engine.set_policy("E", SkuPolicy(backorder_limit=3))
+    await engine.receive("H", "W1", 2)  # the only SKU in its partition (of 8)
+    await engine.reserve(ReserveRequest("old", (Line("D", 5, ("W1",)),), 1_000))
+    return engine
+
+
+def _orders() -> list[ReserveRequest]:
+    def order(rid: str, *lines: Line, ttl_ms: int = 60_000) -> ReserveRequest:
+        return ReserveRequest(rid, lines, ttl_ms)
+
+    return [
+        order("r1", Line("A", 2, ("W1",))),
+        order("r1", Line("A", 2, ("W1",))),  # the same payload again: REPLAY
+        order("r1", Line("A", 3, ("W1",))),  # another payload: CONFLICT
+        order("r2", Line("A", 100, ("W1", "W2"), True)),  # SHORT
+        order("r3", Line("A", 6, ("W1", "W2"), True), Line("B", 1, ("W1",))),  # sees r1
+        order("r4", Line("B", 6, ("W1",))),  # LINECAP
+        order("r5", Line("D", 3, ("W1",))),  # short until the overdue hold expires
+        order("r6", Line("E", 2, ("W9",))),  # a backorder on a record that is new
+        order("r7", Line("E", 1, ("W9",))),  # the same record, now existing
+        order("r8", Line("H", 1, ("W1",))),  # a fenced partition: NOTREADY
+        order("r9", Line("A", 1, ("W2",))),  # made malformed below: BADARG
+        order("r10", Line("A", 1, ("W2",))),
+    ]
+
+
+@pytest.fixture
+async def worlds(
+    redis_client: redis.asyncio.Redis, namespace: str
+) -> AsyncIterator[tuple[RedisEngine, RedisEngine, ManualClock]]:
+    clock = ManualClock(T0)
+    names = (f"{namespace}x", f"{namespace}y")
+    try:
+        one, batch = [await _world(redis_client, n, clock) for n in names]
+        yield one, batch, clock
+    finally:
+        for name in names:
+            keys = [k async for k in redis_client.scan_iter(match=f"{name}:*", count=1000)]
+            if keys:
+                await redis_client.delete(*keys)
+
+
+async def test_a_batch_answers_and_changes_exactly_what_the_same_reserves_one_by_one_do(
+    redis_client: redis.asyncio.Redis,
+    worlds: tuple[RedisEngine, RedisEngine, ManualClock],
+) -> None:
+    one, batch, clock = worlds
+    clock.advance(2_000)  # "old" (1 s TTL) is overdue and not yet expired
+    calls: dict[str, list[tuple[list[str], list[str]]]] = {}
+    for engine in (one, batch):
+        await redis_client.delete(engine.keys.sku_ready("H"))  # fence H's partition
+        with pytest.raises(EngineNotReady):
+            await engine.stock_level("H", "W1")
+        made = []
+        for request in _orders():
+            keys, args = engine.reserve_arguments(request)
+            made.append((keys, [str(clock.now_ms), *args]))
+        made[-2][1][4] = "0"  # r9's ttl_ms: out of range
+        calls[engine.keys.namespace] = made
+    scripts = Scripts(redis_client)
+    one_by_one = [await scripts["reserve"](keys=k, args=a) for k, a in calls[one.keys.namespace]]
+    orders = calls[batch.keys.namespace]
+    head = [str(len(orders))]
+    for k, a in orders:
+        head += (str(len(k)), str(len(a)))
+    reply = await scripts["reserve_many"](
+        keys=[key for k, _ in orders for key in k],
+        args=[*head, *(arg for _, a in orders for arg in a)],
+    )
+    assert reply[:2] == [b"OK", b"0"]
+    batched = reply[2:]
+
+    def same_namespace(value: object) -> object:
+        if isinstance(value, bytes):
+            return value.replace(batch.keys.namespace.encode(), one.keys.namespace.encode())
+        if isinstance(value, list):
+            return [same_namespace(v) for v in value]
+        return value
+
+    assert [same_namespace(r) for r in batched] == one_by_one
+    codes = [r[0] for r in one_by_one]
+    assert codes == [
+        b"OK", b"REPLAY", b"CONFLICT", b"SHORT", b"OK", b"LINECAP", b"OK", b"OK", b"OK",
+        b"NOTREADY", b"BADARG", b"OK",
+    ]  # fmt: skip
+    assert one_by_one[-2][2] == b"5"  # the index within the order's own arguments
+    assert await batch.state() == await one.state()
+    assert await batch.events() == await one.events()
+
+
+async def test_a_malformed_batch_is_refused_whole_and_changes_nothing(
+    redis_client: redis.asyncio.Redis,
+    worlds: tuple[RedisEngine, RedisEngine, ManualClock],
+) -> None:
+    _, batch, clock = worlds
+    keys, args = batch.reserve_arguments(ReserveRequest("z", (Line("A", 1, ("W1",)),), 60_000))
+    args = [str(clock.now_ms), *args]
+    state = await batch.state()
+    scripts = Scripts(redis_client)
+    for head in (["2", str(len(keys)), str(len(args))], ["1", str(len(keys) + 1), str(len(args))]):
+        reply = await scripts["reserve_many"](keys=keys, args=[*head, *args])
+        assert reply[0] == b"BADARG", reply  # nothing ran: no order's reply
+    assert await batch.state() == state
