@@ -8,6 +8,8 @@ calls run exactly once.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
+from typing import Any
 
 import pytest
 
@@ -107,7 +109,7 @@ async def test_reserves_batched_into_one_call_each_get_their_own_answer_or_error
 
         keys, args = engine.reserve_arguments(hold("badarg"))
         args[3] = "0"  # ttl_ms out of range: refused by the script
-        calls = [engine.reserve(hold(f"g{i}")) for i in range(8)]
+        calls: list[Coroutine[Any, Any, object]] = [engine.reserve(hold(f"g{i}")) for i in range(8)]
         calls += [
             engine.run_script("reserve", keys, args),
             engine.reserve(hold("wrongtype", bad)),  # the script finds a key of another type

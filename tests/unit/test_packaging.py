@@ -108,6 +108,7 @@ def test_the_function_library_registers_every_script_with_its_shebang_flags():
     assert reset.split("\n") == [
         "  NOW = 0",
         "  NOWS = '0'",
+        "  TYPED = {}",
         "  READY = {}",
         "  RECS = {}",
         "  SKUS = {}",

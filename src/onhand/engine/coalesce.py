@@ -9,6 +9,10 @@ more CPU per call than the script call's own work in Python. While up to
 ``max_in_flight`` pipelines are out, new calls wait and go in the next one, so the
 batch grows with the load and a lone caller pays no delay beyond one loop turn.
 
+Two or more calls of a script with a batch form (:data:`BATCHED`: ``reserve``) in one
+pipeline go as one call of that form (``reserve_many``), which runs each order as the
+script would and answers each on its own; only the call's fixed costs are shared.
+
 Semantics are those of separate calls: each script stays atomic on its own (no
 MULTI), replies and errors are per call, a "function not found" reply (library not
 on that server: new or flushed server, failover) loads the library and runs that call
