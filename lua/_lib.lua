@@ -52,21 +52,33 @@ local function int_of(s, lo, hi, what)
   return n
 end
 
+-- Arguments already found well-formed in this call: decimal text -> its number, id ->
+-- true. A batch (reserve_many) repeats most of its orders' arguments; a repeat costs a
+-- table lookup instead of a pattern match (the range check still runs every time).
+local INTS = {}  -- per call
+local IDS = {}  -- per call
+local TEXTS = {}  -- per call
+
 -- what: the ARGV index, formatted only when the argument is rejected.
 local function arg_int(i, lo, hi)
   local s = ARGV[i]
-  local n = type(s) == 'string' and #s <= 17 and tonumber(s)
+  local n = INTS[s]
+  if n and n >= lo and n <= hi then return n end
+  n = type(s) == 'string' and #s <= 17 and tonumber(s)
   if not (n and n >= lo and n <= hi) or not (s == '0' or string.find(s, '^%-?[1-9][0-9]*$')) then
     reject('BADARG', fmt(i))
   end
+  INTS[s] = n
   return n
 end
 
 local function arg_id(i)
   local s = ARGV[i]
+  if IDS[s] then return s end
   if type(s) ~= 'string' or #s < 1 or #s > 64 or string.find(s, '[^A-Za-z0-9%._%-]') then
     reject('BADARG', fmt(i))
   end
+  IDS[s] = true
   return s
 end
 
@@ -77,9 +89,11 @@ end
 
 local function arg_text(i)
   local s = ARGV[i]
+  if TEXTS[s] then return s end
   if type(s) ~= 'string' or #s > 128 or string.find(s, '[^\32-\126]') then
     reject('BADARG', fmt(i))
   end
+  TEXTS[s] = true
   return s
 end
 
@@ -456,6 +470,7 @@ local function plan_line(qty, av, split, allowance)
   return {{best, qty}}, qty
 end
 
+local FINGERPRINTS = {}  -- per call
 -- Reserve one order (reserve.lua's contract) whose keys are KEYS[k0..kn] and whose
 -- arguments are ARGV[a0..an], a0 being its retention_ms (the argument after its clock;
 -- the caller has set the clock). Argument indices in BADARG replies are absolute.
@@ -465,8 +480,11 @@ local function reserve_order(k0, a0, kn, an)
   local retention = arg_int(A + 2, 1, MAX_STOCK)
   local rid = arg_id(A + 3)
   local fp = ARGV[A + 4]
-  if type(fp) ~= 'string' or not string.find(fp, '^[0-9a-f]+$') or #fp ~= 64 then
-    reject('BADARG', fmt(A + 4))
+  if not FINGERPRINTS[fp] then
+    if type(fp) ~= 'string' or not string.find(fp, '^[0-9a-f]+$') or #fp ~= 64 then
+      reject('BADARG', fmt(A + 4))
+    end
+    FINGERPRINTS[fp] = true
   end
   local ttl = arg_int(A + 5, 1, MAX_TTL_MS)
   local life = arg_int(A + 6, 1, MAX_STOCK)

@@ -4,8 +4,8 @@ reserves sent one by one do (real Redis).
 Two namespaces get the same stock, policies, holds and clock; one receives the orders
 as one ``reserve_many`` call, the other as consecutive ``reserve`` calls. Every reply,
 the resulting state and the events must be equal — across new holds, repeats,
-conflicts, shortfalls, line caps, overdue holds expired on the short path, a
-malformed order, a fenced partition and orders of one SKU seeing each other's holds.
+conflicts, shortfalls, line caps, overdue holds expired on the short path, two
+malformed orders, a fenced partition and orders of one SKU seeing each other's holds.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ def _orders() -> list[ReserveRequest]:
         order("r8", Line("H", 1, ("W1",))),  # a fenced partition: NOTREADY
         order("r9", Line("A", 1, ("W2",))),  # made malformed below: BADARG
         order("r10", Line("A", 1, ("W2",))),
+        order("r11", Line("A", 1, ("W2",))),  # made malformed below: BADARG
     ]
 
 
@@ -88,7 +89,10 @@ async def test_a_batch_answers_and_changes_exactly_what_the_same_reserves_one_by
         for request in _orders():
             keys, args = engine.reserve_arguments(request)
             made.append((keys, [str(clock.now_ms), *args]))
-        made[-2][1][4] = "0"  # r9's ttl_ms: out of range
+        made[-3][1][4] = "0"  # r9's ttl_ms: out of range
+        # r11's candidate count: "100" passed as r2's quantity earlier in the call; a
+        # text already found well-formed is still range-checked where it is used.
+        made[-1][1][12] = "100"
         calls[engine.keys.namespace] = made
     scripts = Scripts(redis_client)
     one_by_one = [await scripts["reserve"](keys=k, args=a) for k, a in calls[one.keys.namespace]]
@@ -114,9 +118,10 @@ async def test_a_batch_answers_and_changes_exactly_what_the_same_reserves_one_by
     codes = [r[0] for r in one_by_one]
     assert codes == [
         b"OK", b"REPLAY", b"CONFLICT", b"SHORT", b"OK", b"LINECAP", b"OK", b"OK", b"OK",
-        b"NOTREADY", b"BADARG", b"OK",
+        b"NOTREADY", b"BADARG", b"OK", b"BADARG",
     ]  # fmt: skip
-    assert one_by_one[-2][2] == b"5"  # the index within the order's own arguments
+    assert one_by_one[-3][2] == b"5"  # the index within the order's own arguments
+    assert one_by_one[-1][2] == b"13"
     assert await batch.state() == await one.state()
     assert await batch.events() == await one.events()
 
