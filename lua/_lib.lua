@@ -36,8 +36,15 @@ local function reject(...)
   error({...}, 0)
 end
 
+-- A call formats the same numbers again and again (its clock, deadlines, a batch's
+-- quantities and line numbers): each distinct number once per call.
+local FMTS = {}  -- per call
 local function fmt(n)
-  return string.format('%d', n)
+  local s = FMTS[n]
+  if s then return s end
+  s = string.format('%d', n)
+  if n == n then FMTS[n] = s end  -- (NaN is no table key)
+  return s
 end
 
 -- A decimal integer in lo..hi (bounds within +-MAX_STOCK) written canonically: no sign
@@ -265,8 +272,13 @@ local function rec_change(r, s, c)
   elseif c.new_whs and new then
     redis.call('SADD', c.new_whs, c.wh)
   end
+  -- Built at its full size (the event has at most 48 slots; unused ones stay false and
+  -- are not sent): growing it slot by slot reallocated it three times.
   local f = {'id', 's:' .. c.sku .. ':' .. c.wh .. ':' .. vs, 't', c.etype, 'ts', NOWS,
-             'sku', c.sku, 'wh', c.wh}
+             'sku', c.sku, 'wh', c.wh, false, false, false, false, false, false, false,
+             false, false, false, false, false, false, false, false, false, false, false,
+             false, false, false, false, false, false, false, false, false, false, false,
+             false, false, false, false, false, false, false}
   local n = 10
   if don ~= 0 then f[n + 1] = 'don'; f[n + 2] = fmt(don); n = n + 2 end
   if dhe ~= 0 then f[n + 1] = 'dhe'; f[n + 2] = fmt(dhe); n = n + 2 end
