@@ -431,6 +431,11 @@ end
 -- {{index, qty}, ...} or nil plus the most the line could get.
 local function plan_line(qty, av, split, allowance)
   local n = #av
+  if n == 1 then  -- (what both branches below come to for one candidate)
+    local a1 = math.max(0, av[1])
+    if qty - a1 > allowance then return nil, a1 + allowance end
+    return {{1, qty}}, qty
+  end
   local a = {}
   for i = 1, n do a[i] = math.max(0, av[i]) end
   for i = 1, n do
@@ -503,27 +508,34 @@ local function reserve_order(k0, a0, kn, an)
   local owner = arg_opt_id(A + 7)
   local actor = arg_text(A + 8)
   local nl = arg_int(A + 9, 1, 100)
-  local lines, seen = {}, {}
+  -- A line's candidate c is warehouse ARGV[w0 + c] with stock record KEYS[r0 + c].
+  local lines = {}
+  local seen = nl > 1 and {} or nil  -- (duplicate checks only where there can be any)
   local ai, ki = A + 10, K + 4
   for li = 1, nl do
     local sku = arg_id(ai)
-    if seen[sku] then reject('BADARG', fmt(ai)) end
-    seen[sku] = true
-    local line = {sku = sku, qty = arg_int(ai + 1, 1, MAX_QTY), split = arg_flag(ai + 2),
-                  n = arg_int(ai + 3, 1, 32), whs = {}, recs = {},
-                  skuk = KEYS[ki], whsk = KEYS[ki + 1], holdk = KEYS[ki + 2],
-                  strk = KEYS[ki + 3], readyk = KEYS[ki + 4]}
-    local wseen = {}
-    for c = 1, line.n do
-      local wh = arg_id(ai + 3 + c)
-      if wseen[wh] then reject('BADARG', fmt(ai + 3 + c)) end
-      wseen[wh] = true
-      line.whs[c] = wh
-      line.recs[c] = KEYS[ki + 4 + c]
+    if seen then
+      if seen[sku] then reject('BADARG', fmt(ai)) end
+      seen[sku] = true
     end
-    ai = ai + 4 + line.n
-    ki = ki + 5 + line.n
-    lines[li] = line
+    local qty = arg_int(ai + 1, 1, MAX_QTY)
+    local split = arg_flag(ai + 2)
+    local n = arg_int(ai + 3, 1, 32)
+    if n == 1 then
+      arg_id(ai + 4)
+    else
+      local wseen = {}
+      for c = 1, n do
+        local wh = arg_id(ai + 3 + c)
+        if wseen[wh] then reject('BADARG', fmt(ai + 3 + c)) end
+        wseen[wh] = true
+      end
+    end
+    lines[li] = {sku = sku, qty = qty, split = split, n = n, w0 = ai + 3, r0 = ki + 4,
+                 skuk = KEYS[ki], whsk = KEYS[ki + 1], holdk = KEYS[ki + 2],
+                 strk = KEYS[ki + 3], readyk = KEYS[ki + 4], s = false, plan = false}
+    ai = ai + 4 + n
+    ki = ki + 5 + n
   end
   if an ~= ai - 1 or kn ~= ki - 1 then reject('BADARG', fmt(A + 9)) end
 
@@ -550,7 +562,7 @@ local function reserve_order(k0, a0, kn, an)
     want_type(line.strk, 'stream')
     line.s = sku_load(line.skuk)
     local fresh = false
-    for c = 1, line.n do fresh = rec_load(line.recs[c]).v == 0 or fresh end
+    for c = 1, line.n do fresh = rec_load(KEYS[line.r0 + c]).v == 0 or fresh end
     if fresh then want_type(line.whsk, 'set') end
     if line.qty > line.s.mlq then reject('LINECAP', fmt(li - 1), fmt(line.s.mlq)) end
   end
@@ -559,7 +571,7 @@ local function reserve_order(k0, a0, kn, an)
     local short = {}
     for _, line in ipairs(lines) do
       local av = {}
-      for c = 1, line.n do av[c] = avail(rec_load(line.recs[c])) end
+      for c = 1, line.n do av[c] = avail(rec_load(KEYS[line.r0 + c])) end
       local plan, could = plan_line(line.qty, av, line.split, allowance(line.s))
       line.plan = plan
       if not plan then short[#short + 1] = {line, could} end
@@ -585,8 +597,8 @@ local function reserve_order(k0, a0, kn, an)
   end
   for _, line in ipairs(lines) do
     for _, p in ipairs(line.plan) do
-      local r = rec_load(line.recs[p[1]])
-      if r.he + p[2] > MAX_STOCK then reject('LIMIT', line.sku, line.whs[p[1]]) end
+      local r = rec_load(KEYS[line.r0 + p[1]])
+      if r.he + p[2] > MAX_STOCK then reject('LIMIT', line.sku, ARGV[line.w0 + p[1]]) end
     end
   end
 
@@ -596,8 +608,8 @@ local function reserve_order(k0, a0, kn, an)
   local allocs = {}
   for li, line in ipairs(lines) do
     for _, p in ipairs(line.plan) do
-      allocs[#allocs + 1] = {l = li - 1, s = line.sku, w = line.whs[p[1]], q = p[2],
-                             k = line.recs[p[1]], g = line.skuk, h = line.holdk,
+      allocs[#allocs + 1] = {l = li - 1, s = line.sku, w = ARGV[line.w0 + p[1]], q = p[2],
+                             k = KEYS[line.r0 + p[1]], g = line.skuk, h = line.holdk,
                              e = line.strk, r = line.readyk}
     end
   end
@@ -611,8 +623,8 @@ local function reserve_order(k0, a0, kn, an)
     redis.call('ZADD', line.holdk, deadline, KEYS[K + 1])
     local lns = fmt(li - 1)
     for _, p in ipairs(line.plan) do
-      rec_change(rec_load(line.recs[p[1]]), line.s, {
-        etype = 'reserved', sku = line.sku, wh = line.whs[p[1]], stream = line.strk,
+      rec_change(rec_load(KEYS[line.r0 + p[1]]), line.s, {
+        etype = 'reserved', sku = line.sku, wh = ARGV[line.w0 + p[1]], stream = line.strk,
         dhe = p[2], new_whs = line.whsk,
         extra = {'res', rid, 'ln', lns, 'dl', dls, 'cap', caps, 'fp', fp,
                  'own', owner, 'act', actor}})

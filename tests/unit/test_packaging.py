@@ -108,10 +108,15 @@ def test_the_function_library_registers_every_script_with_its_shebang_flags():
     assert reset.split("\n") == [
         "  NOW = 0",
         "  NOWS = '0'",
+        "  FMTS = {}",
+        "  INTS = {}",
+        "  IDS = {}",
+        "  TEXTS = {}",
         "  TYPED = {}",
         "  READY = {}",
         "  RECS = {}",
         "  SKUS = {}",
         "  EMITTED = {}",
+        "  FINGERPRINTS = {}",
     ]
     assert source.count("KEYS, ARGV = keys, args; reset(); return script_") == len(SCRIPT_NAMES)
