@@ -60,7 +60,8 @@ from loadtests.common import (
     scratch_database,
 )
 from onhand.api.apikeys import KeyStore
-from onhand.api.idempotency import Admission, Idempotency, fingerprint
+from onhand.api.idempotency import Idempotency, Ticket, fingerprint
+from onhand.api.routes.reservations import hold_arguments
 from onhand.domain import MAX_QTY, Line, ReserveRequest
 from onhand.engine.redis import RedisEngine, connect
 from onhand.engine.scripts import Scripts
@@ -295,24 +296,18 @@ async def reserve_call(client: Redis, namespace: str, rid: str) -> tuple[list[st
     return await _capture(engine.reserve(ReserveRequest(rid, (Line(HOT, 1, (WH,)),), HOLD_TTL_MS)))
 
 
-async def api_calls(client: Redis, namespace: str) -> dict[str, tuple[list[str], list[str]]]:
-    """The API's other scripts of one reservation (``POST /v1/reservations``): the
-    Idempotency-Key record's ``begin`` fused with the hold admission (``admit`` mode
-    ``begin``, as ``routes.reservations.create_idempotent`` sends it) and, standing in
-    for the record's ``finish`` (a GET and a SET of the stored answer), the plain
-    ``idempotency`` ``begin``; a new key and order each call."""
-    engine = _CapturingEngine(client, namespace=namespace, partitions=PARTITIONS)
+async def hold_call(client: Redis, namespace: str) -> tuple[list[str], list[str]]:
+    """KEYS and ARGV of the one script call of an HTTP reservation (``lua/hold.lua``,
+    as ``routes.reservations.hold_once`` sends it): a new Idempotency-Key record, order
+    id and reservation each call (redis-benchmark fills each ``__rand_int__``)."""
+    engine = RedisEngine(client, namespace=namespace, partitions=PARTITIONS)
+    idem = Idempotency(engine)
     fp = fingerprint("POST", "/v1/reservations", b"{}")
-    admission = Admission(
-        engine.keys.client_holds("checkout"), "checkout.o__rand_int__", 600000, MAX_QTY
-    )
-    keys, argv = await _capture(Idempotency(engine).begin("checkout", "k", fp, admit=admission))
-    keys2, argv2 = await _capture(Idempotency(engine).begin("checkout", "k", fp))
-    # The record's name is a SHA-256 of the key: give each call its own.
-    return {
-        "admit": ([keys[0], f"{keys[1][:-64]}__rand_int__"], argv),
-        "idempotency": ([f"{keys2[0][:-64]}__rand_int__"], argv2),
-    }
+    record = f"{idem.record_key('checkout', 'k')[:-64]}__rand_int__"
+    rid = "checkout.o__rand_int__"
+    request = ReserveRequest(rid, (Line(HOT, 1, (WH,)),), HOLD_TTL_MS, owner="checkout")
+    keys, args = hold_arguments(engine, idem, Ticket(record, fp, "t"), MAX_QTY, request)
+    return keys, ["0", *args]
 
 
 def _text(value: object) -> str:
@@ -442,12 +437,9 @@ async def bench_redis(run: Run) -> float:
             res = await redis_benchmark(run, reserve, keys, argv, n)
         held = (await engine.stock_level(HOT, WH)).held
         base = await redis_benchmark(run, trivial, keys, argv, n)
-        others = {}
-        for name, (k, a) in (await api_calls(client, namespace)).items():
-            script = scripts[name].function
-            async with RedisMeter(client) as other:
-                await redis_benchmark(run, script, k, a, max(20_000, n // 5))
-            others[name] = other.result()
+        hkeys, hargs = await hold_call(client, namespace)
+        async with RedisMeter(client) as holds:
+            await redis_benchmark(run, scripts["hold"].function, hkeys, hargs, max(20_000, n // 5))
     finally:
         with contextlib.suppress(Exception):
             await client.execute_command("FUNCTION", "DELETE", trivial)  # type: ignore[no-untyped-call]
@@ -476,16 +468,14 @@ async def bench_redis(run: Run) -> float:
         "µs",
         note=f"{use.calls:,} FCALL/EVALSHA in the window (all clients); Redis busy {use.busy}",
     )
-    admit, idem = (others[x].per(others[x].calls)[1] for x in ("admit", "idempotency"))
-    total = use.per(use.calls)[1] + admit + idem
-    run.raw["a"]["api_scripts"] = {k: asdict(v) for k, v in others.items()}
+    hold = holds.result()
+    hold_us = hold.per(hold.calls)[1]
+    run.raw["a"]["hold"] = asdict(hold)
     run.add(
-        "a. Redis time of one HTTP reservation: reserve + admit/begin + idempotency finish",
-        total,
+        "a. Redis time of one HTTP reservation: hold (record, admission, reserve)",
+        hold_us,
         "µs",
-        note=f"admit with the key's begin {admit:.1f} µs, idempotency finish {idem:.1f} µs"
-        " (taken as a plain begin):"
-        f" ≤ {1e6 / total:,.0f} HTTP reservations/s per Redis core",
+        note=f"one call, not batched: ≤ {1e6 / hold_us:,.0f} HTTP reservations/s per Redis core",
     )
     return res["rps"]
 

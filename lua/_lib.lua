@@ -492,6 +492,8 @@ local FINGERPRINTS = {}  -- per call
 -- arguments are ARGV[a0..an], a0 being its retention_ms (the argument after its clock;
 -- the caller has set the clock). Argument indices in BADARG replies are absolute.
 -- Called by reserve (one order) and reserve_many (one call per order of a batch).
+-- A new hold also returns its allocation list (the tables `al` encodes) as a second
+-- value, which only hold_order reads.
 local function reserve_order(k0, a0, kn, an)
   local A, K = a0 - 2, k0 - 1
   local retention = arg_int(A + 2, 1, MAX_STOCK)
@@ -630,5 +632,159 @@ local function reserve_order(k0, a0, kn, an)
                  'own', owner, 'act', actor}})
     end
   end
-  return {'OK', NOWS, 'pending', NOWS, dls, owner, al}
+  return {'OK', NOWS, 'pending', NOWS, dls, owner, al}, allocs
+end
+
+-- The API lists allocations by line, then warehouse id, compared byte by byte (Lua's
+-- string `<` follows the server's locale).
+local function alloc_before(x, y)
+  if x.l ~= y.l then return x.l < y.l end
+  local a, b = x.w, y.w
+  for i = 1, math.min(#a, #b) do
+    local p, q = string.byte(a, i), string.byte(b, i)
+    if p ~= q then return p < q end
+  end
+  return #a < #b
+end
+
+-- The checkout's one call (hold.lua's contract): the Idempotency-Key record, the
+-- client's hold admission and the reservation, for a request whose KEYS are
+-- KEYS[k0..kn] and ARGV ARGV[a0..an] (a0: the argument after its clock).
+--   a new hold: the order is reserved, admitted (its slot ends ttl_ms from now) and
+--     the key's record stores the API's 201 answer: {'HELD', now, body}
+--   the key has a record: {'FOUND', now, value} (nothing changed)
+--   the client is at its hold limit: the record is taken (pending), nothing reserved:
+--     {'FULL', now, retry_after_ms}
+--   any other verdict of reserve (REPLAY, CONFLICT, SHORT, LINECAP, LIMIT): the record
+--     is taken (pending), no slot added; the reply is reserve's.
+--   BADARG, NOTREADY, WRONGTYPE, CORRUPT: nothing changed; the reply is reserve's.
+local UNRECORDED = {BADARG = true, NOTREADY = true, WRONGTYPE = true, CORRUPT = true}
+local function hold_order(k0, a0, kn, an)
+  local holds, idem = KEYS[k0], KEYS[k0 + 1]
+  local fp, token = ARGV[a0], arg_text(a0 + 1)
+  if not FINGERPRINTS[fp] then
+    if type(fp) ~= 'string' or not string.find(fp, '^[0-9a-f]+$') or #fp ~= 64 then
+      reject('BADARG', fmt(a0))
+    end
+    FINGERPRINTS[fp] = true
+  end
+  local lock_ms = arg_int(a0 + 2, 1, MAX_TTL_MS)
+  local record_ttl = arg_int(a0 + 3, 1, MAX_STOCK)
+  local limit = arg_int(a0 + 4, 1, MAX_QTY)
+  local location = ARGV[a0 + 5]  -- the reservations' path, '/' (the id follows)
+  if type(location) ~= 'string' or #location > 64
+    or string.find(location, '[^A-Za-z0-9%._/%-]') or string.sub(location, -1) ~= '/' then
+    reject('BADARG', fmt(a0 + 5))
+  end
+  local ra = a0 + 6  -- reserve's ARGV: retention, id, fingerprint, ttl_ms, ...
+  local rid = arg_id(ra + 1)
+  local ttl = arg_int(ra + 3, 1, MAX_TTL_MS)
+  if not kn or kn < k0 + 2 then reject('BADARG', fmt(a0)) end
+  want_type(idem, 'string')
+  want_type(holds, 'zset')
+  local value = redis.call('GET', idem)
+  if value then return {'FOUND', NOWS, value} end
+  local pending = 'P|' .. fp .. '|' .. token
+  -- Admission (lua/admit.lua's add), read-only until the reservation is made: live
+  -- slots are those whose deadline is not past.
+  local known = redis.call('ZSCORE', holds, rid)
+  if not (known and tonumber(known) >= NOW) then
+    if redis.call('ZCOUNT', holds, NOWS, '+inf') >= limit then
+      local first = redis.call('ZRANGEBYSCORE', holds, NOWS, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+      redis.call('SET', idem, pending, 'PX', lock_ms)
+      redis.call('ZREMRANGEBYSCORE', holds, '-inf', '(' .. NOWS)
+      return {'FULL', NOWS, fmt(math.max(0, tonumber(first[2]) - NOW))}
+    end
+  end
+  local ok, reply, allocs = pcall(reserve_order, k0 + 2, ra, kn, an)
+  if not ok then
+    if type(reply) ~= 'table' then error(reply, 0) end  -- a Redis error: not a verdict
+    local out = {reply[1], NOWS}
+    for i = 2, #reply do out[#out + 1] = reply[i] end
+    reply = out
+  end
+  if reply[1] ~= 'OK' then
+    -- A verdict is answered and stored under the record; a call that changed nothing
+    -- for a reason of its own (bad argument, fenced, bad data) leaves no record.
+    if not UNRECORDED[reply[1]] then redis.call('SET', idem, pending, 'PX', lock_ms) end
+    return reply
+  end
+  -- Admitted: as admit's add after its clean-up of past slots. The key lives as long as
+  -- its latest slot: GT moves an expiry only later; a key without one (new) gets one.
+  local slot = NOW + ttl
+  redis.call('ZREMRANGEBYSCORE', holds, '-inf', '(' .. NOWS)
+  if not known or tonumber(known) < slot then redis.call('ZADD', holds, slot, rid) end
+  if redis.call('PEXPIREAT', holds, slot, 'GT') == 0 then
+    redis.call('PEXPIREAT', holds, slot, 'NX')
+  end
+  -- The answer, as the API renders a Reservation (onhand.api.routes.reservations.render,
+  -- orjson), and the same text escaped as a JSON string for the stored record: ids are
+  -- allow-listed and numbers integers, so a quote is the only character to escape.
+  local dot = string.find(rid, '.', 1, true)
+  local order = dot and string.sub(rid, dot + 1) or ''
+  if order == '' then order = rid end
+  if #allocs > 1 then table.sort(allocs, alloc_before) end
+  local parts = {}
+  for i, a in ipairs(allocs) do
+    parts[i] = '{"line":' .. fmt(a.l) .. ',"sku":"' .. a.s .. '","warehouse":"' .. a.w ..
+               '","qty":' .. fmt(a.q) .. '}'
+  end
+  local al = table.concat(parts, ',')
+  local body = '{"reservation_id":"' .. rid .. '","order_id":"' .. order ..
+               '","status":"pending","created_ms":' .. NOWS .. ',"deadline_ms":' .. reply[5] ..
+               ',"allocations":[' .. al .. '],"at_ms":' .. NOWS .. '}'
+  local q = '\\"'
+  local escaped = '{' .. q .. 'reservation_id' .. q .. ':' .. q .. rid .. q .. ',' .. q ..
+                  'order_id' .. q .. ':' .. q .. order .. q .. ',' .. q .. 'status' .. q ..
+                  ':' .. q .. 'pending' .. q .. ',' .. q .. 'created_ms' .. q .. ':' .. NOWS ..
+                  ',' .. q .. 'deadline_ms' .. q .. ':' .. reply[5] .. ',' .. q ..
+                  'allocations' .. q .. ':[' .. string.gsub(al, '"', q) .. '],' .. q ..
+                  'at_ms' .. q .. ':' .. NOWS .. '}'
+  -- The stored answer, as lua/idempotency.lua's finish stores it (onhand.api.idempotency).
+  redis.call('SET', idem, 'D|' .. fp .. '|{"s":201,"b":"' .. escaped ..
+             '","m":"application/json","h":{"location":"' .. location .. rid .. '"}}',
+             'PX', record_ttl)
+  return {'HELD', NOWS, body}
+end
+
+-- m orders in one call (reserve_many's and hold_many's contract): ARGV[1] = m
+-- (1..256), then each order's (number of KEYS, number of ARGV), then the orders' KEYS
+-- and ARGV blocks one after the other, each block what `order` takes (starting with
+-- its clock_ms). Each order runs as its own call would, answered on its own.
+local function run_batch(order)
+  local m = arg_int(1, 1, 256)
+  if #ARGV < 1 + 2 * m then reject('BADARG', '1') end
+  local sizes, keys_total, args_total = {}, 0, 1 + 2 * m
+  for i = 1, m do
+    local nk, na = arg_int(2 * i, 1, #KEYS), arg_int(2 * i + 1, 1, #ARGV)
+    sizes[i] = {nk, na}
+    keys_total, args_total = keys_total + nk, args_total + na
+  end
+  if keys_total ~= #KEYS or args_total ~= #ARGV then reject('BADARG', '1') end
+  local server_now
+  local out = {'OK', '0'}
+  local k, b = 1, 2 + 2 * m
+  for i = 1, m do
+    local k0, b0, nk, na = k, b, sizes[i][1], sizes[i][2]
+    local reply = run(function()
+      NOW, NOWS = 0, '0'
+      if ARGV[b0] == '0' then
+        if not server_now then
+          local t = redis.call('TIME')
+          server_now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+        end
+        NOW = server_now
+      else
+        NOW = int_of(ARGV[b0], 1, MAX_STOCK, fmt(b0))
+      end
+      NOWS = fmt(NOW)
+      return order(k0, b0 + 1, k0 + nk - 1, b0 + na - 1)
+    end)
+    if type(reply) == 'table' and reply[1] == 'BADARG' then
+      reply[3] = fmt(tonumber(reply[3]) - b0 + 1)
+    end
+    out[i + 2] = reply
+    k, b = k + nk, b + na
+  end
+  return out
 end

@@ -4,26 +4,17 @@
   Not a stock operation: it changes no counter and emits no event. The API admits an
   order before `reserve` and withdraws it (`drop`) when the reserve fails, or when the
   hold is confirmed, released or expires (expired members age out by their score).
-  Mode `begin` is the reservation route's first call: the Idempotency-Key `begin` of
-  lua/idempotency.lua and, only when that starts a new request, `add` — one call
-  instead of two; the record values are those of lua/idempotency.lua.
+  (lua/hold.lua admits a new hold in the same call that reserves it.)
 
   KEYS[1]   ns:client:<client_id>:holds   zset  reservation id -> hold deadline_ms
-  KEYS[2]   (begin only) ns:idem:<client_id>:<sha256 of the key>   string
   ARGV[1]   clock_ms ('0' = Redis TIME)
-  ARGV[2]   mode: 'add' | 'drop' | 'begin'
+  ARGV[2]   mode: 'add' | 'drop'
   add:   ARGV[3] reservation id, ARGV[4] ttl_ms (1..86400000), ARGV[5] limit (1..10^9)
   drop:  ARGV[3] reservation id
-  begin: ARGV[3] reservation id, ARGV[4] ttl_ms, ARGV[5] limit (as add),
-         ARGV[6] fingerprint, ARGV[7] token, ARGV[8] lock_ms (1..86400000)
-         (as lua/idempotency.lua begin)
 
   Returns {'OK', now_ms, live}              admitted (or already admitted; score raised)
           {'FULL', now_ms, retry_after_ms}  at the limit: the earliest hold's deadline
           {'BADARG', now_ms, i}   {'WRONGTYPE', now_ms}
-  begin:  {'FOUND', now_ms, value}   the key has a record: nothing changed
-          otherwise the key's record is now pending ('P|<fingerprint>|<token>' for
-          lock_ms) and the reply is add's ('OK' or 'FULL').
 ]]
 
 local function add(key, rid, deadline, limit)
@@ -53,20 +44,10 @@ local function main()
     redis.call('ZREM', key, rid)
     return {'OK', NOWS, fmt(redis.call('ZCARD', key))}
   end
-  if mode ~= 'add' and mode ~= 'begin' then reject('BADARG', '2') end
+  if mode ~= 'add' then reject('BADARG', '2') end
   local rid = arg_id(3)
   local deadline = NOW + arg_int(4, 1, MAX_TTL_MS)
   local limit = arg_int(5, 1, MAX_QTY)
-  if mode == 'begin' then
-    local idem = KEYS[2]
-    if #KEYS ~= 2 then reject('BADARG', '2') end
-    local fp, token = arg_text(6), arg_text(7)
-    local lock_ms = arg_int(8, 1, MAX_TTL_MS)
-    want_type(idem, 'string')
-    local value = redis.call('GET', idem)
-    if value then return {'FOUND', NOWS, value} end
-    redis.call('SET', idem, 'P|' .. fp .. '|' .. token, 'PX', lock_ms)
-  end
   return add(key, rid, deadline, limit)
 end
 

@@ -36,6 +36,8 @@ IDS = [
 TEXTS = [("newline", "a\nb"), ("non-ascii", "é"), ("129-chars", "x" * 129), ("nul", "a\x00b"),
          ("del", "\x7f")]  # fmt: skip
 FLAGS = [("two", "2"), ("empty", ""), ("true", "true"), ("padded", " 1"), ("leading-zero", "01")]
+PATHS = [("no-slash", "/v1/reservations"), ("quote", 'a"/'), ("space", "a b/"),
+         ("non-ascii", "é/"), ("65-chars", "x" * 64 + "/"), ("empty", "")]  # fmt: skip
 FINGERPRINTS = [("empty", ""), ("upper", "AB" * 32), ("non-hex", "g" * 64), ("63", "a" * 63),
                 ("65", "a" * 65), ("newline", "a" * 63 + "\n")]  # fmt: skip
 
@@ -85,6 +87,8 @@ BASE: dict[str, Callable[[World], tuple[list[str], list[str]]]] = {
         "0", "86400000", w.fresh, "ab" * 32, "60000", "7200000", "own-1", "tester", "2",
         w.a, "1", "0", "2", w.w1, w.w2, w.b, "1", "1", "1", w.w1]),
     "reserve_many": lambda w: _one_order_batch(*BASE["reserve"](w)),
+    "hold": lambda w: _hold(*BASE["reserve"](w), w),
+    "hold_many": lambda w: _one_order_batch(*BASE["hold"](w)),
     "confirm": lambda w: (w.header(w.pending), ["0", "86400000", "tester"]),
     "release": lambda w: (w.header(w.pending), ["0", "86400000", "tester"]),
     "extend": lambda w: (w.header(w.pending), ["0", "86400000", "1000", "tester"]),
@@ -106,15 +110,29 @@ BASE: dict[str, Callable[[World], tuple[list[str], list[str]]]] = {
 }  # fmt: skip
 
 
+def _hold(keys: list[str], args: list[str], w: World) -> tuple[list[str], list[str]]:
+    """hold's KEYS and ARGV for the reserve call ``keys``, ``args`` (the order's owner
+    own-1's slots, a record of its own)."""
+    record = w.k.idempotency("own-1", "cd" * 32)
+    head = ["fe" * 32, "tok", "60000", "86400000", "10", "/v1/reservations/"]
+    return [w.k.client_holds("own-1"), record, *keys], [args[0], *head, *args[1:]]
+
+
 def _one_order_batch(keys: list[str], args: list[str]) -> tuple[list[str], list[str]]:
-    """reserve_many's KEYS and ARGV for the one reserve call ``keys``, ``args``."""
+    """reserve_many's (hold_many's) KEYS and ARGV for the one call ``keys``, ``args``."""
     return keys, ["1", str(len(keys)), str(len(args)), *args]
 
 
-# script -> {ARGV index: kind}; kinds are ("int", lo, hi), "id", "opt_id", "text", "flag", "fp".
+# script -> {ARGV index: kind}; kinds are ("int", lo, hi), "id", "opt_id", "text", "flag", "fp",
+# "path".
 Kind = tuple[str, int, int] | str
 QTY, STOCK, TTL = ("int", 1, MAX_QTY), ("int", 0, MAX_STOCK), ("int", 1, MAX_TTL_MS)
 RETENTION = ("int", 1, MAX_STOCK)
+RESERVE_SLOTS: dict[int, Kind] = {
+    2: RETENTION, 3: "id", 4: "fp", 5: TTL, 6: RETENTION, 7: "opt_id", 8: "text",
+    9: ("int", 1, 100), 10: "id", 11: QTY, 12: "flag", 13: ("int", 1, 32),
+    14: "id", 15: "id", 16: "id", 17: QTY, 18: "flag", 19: ("int", 1, 32), 20: "id",
+}  # fmt: skip
 SLOTS: dict[str, dict[int, Kind]] = {
     "receive": {2: "id", 3: "id", 4: QTY, 5: "text", 6: "text"},
     "adjust": {2: "id", 3: "id", 4: QTY, 6: "text", 7: "text"},
@@ -123,10 +141,11 @@ SLOTS: dict[str, dict[int, Kind]] = {
     "set_safety_stock": {2: "id", 3: "id", 4: STOCK, 5: "text"},
     "set_policy": {2: "id", 3: STOCK, 4: STOCK, 5: STOCK, 6: STOCK, 7: STOCK,
                    8: ("int", 0, 3650), 9: QTY, 10: "text"},
-    "reserve": {2: RETENTION, 3: "id", 4: "fp", 5: TTL, 6: RETENTION, 7: "opt_id", 8: "text",
-                9: ("int", 1, 100), 10: "id", 11: QTY, 12: "flag", 13: ("int", 1, 32),
-                14: "id", 15: "id", 16: "id", 17: QTY, 18: "flag", 19: ("int", 1, 32), 20: "id"},
+    "reserve": RESERVE_SLOTS,
     "reserve_many": {2: ("int", 1, 10), 3: ("int", 1, 21)},
+    "hold": {2: "fp", 3: "text", 4: TTL, 5: RETENTION, 6: QTY, 7: "path",
+             **{i + 6: kind for i, kind in RESERVE_SLOTS.items()}},
+    "hold_many": {2: ("int", 1, 18), 3: ("int", 1, 26)},
     "confirm": {2: RETENTION, 3: "text"},
     "release": {2: RETENTION, 3: "text"},
     "extend": {2: RETENTION, 3: TTL, 4: "text"},
@@ -153,7 +172,7 @@ def _bad_values(kind: Kind) -> list[tuple[str, str]]:
         return [(label, v) for label, v in NUMBERS if not _valid_int(v, kind[1], kind[2])]
     if kind == "opt_id":
         return [(label, v) for label, v in IDS if v]
-    lists = {"id": IDS, "text": TEXTS, "flag": FLAGS, "fp": FINGERPRINTS}
+    lists = {"id": IDS, "text": TEXTS, "flag": FLAGS, "fp": FINGERPRINTS, "path": PATHS}
     return lists[kind]
 
 
@@ -245,4 +264,4 @@ async def test_the_unaltered_arguments_of_each_case_are_accepted_by_the_script(
 ) -> None:
     keys, args = BASE[script](world)
     reply = await _call(redis_client, script, keys, args)
-    assert reply[0] in (b"OK", b"REPLAY", b"VERSION", b"NEW"), reply  # not BADARG
+    assert reply[0] in (b"OK", b"REPLAY", b"VERSION", b"NEW", b"HELD"), reply  # not BADARG

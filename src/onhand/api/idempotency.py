@@ -30,9 +30,8 @@ import orjson
 
 from onhand.api.problems import Problem
 from onhand.engine.redis import RedisEngine
-from onhand.errors import OnhandError
 
-__all__ = ["HEADER", "Admission", "Idempotency", "Stored", "Ticket", "fingerprint", "parse_key"]
+__all__ = ["HEADER", "Idempotency", "Stored", "Ticket", "fingerprint", "parse_key"]
 
 HEADER = "Idempotency-Key"
 _KEY = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{1,255}")
@@ -81,23 +80,6 @@ class Stored:
     headers: dict[str, str]
 
 
-@dataclass(slots=True)
-class Admission:
-    """An anti-hoarding admission (``lua/admit.lua`` ``add``) to make in the same call
-    as :meth:`Idempotency.begin`, only if that call starts a new request.
-
-    ``begin`` fills in the outcome: ``admitted`` (the hold counts against ``limit``) or
-    ``retry_after_ms`` (the client is at its limit; nothing was admitted).
-    """
-
-    holds_key: str
-    reservation_id: str
-    ttl_ms: int
-    limit: int
-    admitted: bool = False
-    retry_after_ms: int | None = None
-
-
 class Idempotency:
     """Begin, finish or abandon the record of one key (see the module docstring)."""
 
@@ -110,38 +92,31 @@ class Idempotency:
         self._token_prefix = secrets.token_hex(6) + "-"
         self._tokens = itertools.count(1)
 
-    async def begin(
-        self, client_id: str, key: str, fp: str, *, admit: Admission | None = None
-    ) -> Ticket | Stored:
+    async def begin(self, client_id: str, key: str, fp: str) -> Ticket | Stored:
         """Take the key's record for this request (a :class:`Ticket`), or answer from it:
-        the stored answer, or a 422/409 problem. With ``admit``, a new request is also
-        admitted in the same script call (one round trip instead of two) and ``admit``
-        holds the outcome; a stored answer or a problem admits nothing."""
-        redis_key = self.engine.keys.idempotency(
-            client_id, hashlib.sha256(key.encode()).hexdigest()
+        the stored answer, or a 422/409 problem."""
+        redis_key = self.record_key(client_id, key)
+        token = self.new_token()
+        code, _, out = await self.engine.script(
+            "idempotency", [redis_key], ["begin", fp, token, str(self.lock_ms)]
         )
-        token = f"{self._token_prefix}{next(self._tokens):x}"
-        lock_ms = str(self.lock_ms)
-        if admit is None:
-            code, _, out = await self.engine.script(
-                "idempotency", [redis_key], ["begin", fp, token, lock_ms]
-            )
-        else:
-            args = [admit.reservation_id, str(admit.ttl_ms), str(admit.limit), fp, token, lock_ms]
-            code, _, out = await self.engine.script(
-                "admit",
-                [admit.holds_key, redis_key],
-                ["begin", *args],
-            )
-            if code == "OK":
-                admit.admitted = True
-            elif code == "FULL":
-                admit.retry_after_ms = int(out[0])
-            elif code != "FOUND":
-                raise OnhandError(f"admit begin: unexpected reply {code}")
-        if code in ("NEW", "OK", "FULL"):
+        if code == "NEW":
             return Ticket(redis_key, fp, token)
-        state, stored_fp, rest = out[0].split("|", 2)
+        return self.found(out[0], fp)
+
+    def record_key(self, client_id: str, key: str) -> str:
+        """The Redis key of ``client_id``'s record for Idempotency-Key ``key``."""
+        return self.engine.keys.idempotency(client_id, hashlib.sha256(key.encode()).hexdigest())
+
+    def new_token(self) -> str:
+        """A token no other record owner of any process has."""
+        return f"{self._token_prefix}{next(self._tokens):x}"
+
+    @staticmethod
+    def found(value: str, fp: str) -> Stored:
+        """The answer for a request whose key has the record ``value``: the stored
+        answer, or a 422 (another request used the key) or 409 (still in flight) problem."""
+        state, stored_fp, rest = value.split("|", 2)
         if stored_fp != fp:
             raise Problem(
                 422,

@@ -17,7 +17,7 @@ from fastapi import Depends, Header, Request
 from starlette.responses import Response
 
 from onhand.api.apikeys import ApiKey, KeyStore
-from onhand.api.idempotency import Admission, Idempotency, Stored, fingerprint, parse_key
+from onhand.api.idempotency import Idempotency, Stored, Ticket, fingerprint, parse_key
 from onhand.api.metrics import ApiMetrics
 from onhand.api.problems import Problem, from_engine_error, problem_response
 from onhand.catalog import WarehouseCatalog
@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "RequireScope",
+    "answer_under",
+    "replayed",
     "Services",
     "get_services",
     "idempotent",
@@ -155,20 +157,33 @@ async def run_idempotent(
     work: Callable[[], Awaitable[Response]],
     *,
     redact: Callable[[bytes], bytes] | None = None,
-    admit: Admission | None = None,
 ) -> Response:
-    """:func:`idempotent` without a Request (the reservation route calls this).
-
-    ``admit``: the anti-hoarding admission to make in the same call as the record's
-    begin (:meth:`Idempotency.begin`); ``work`` reads its outcome.
-    """
+    """:func:`idempotent` without a Request (the reservation route calls this)."""
     idem_key = parse_key(raw_key)
     fp = fingerprint(method, path, canonical_body)
-    ticket = await services.idempotency.begin(client_id, idem_key, fp, admit=admit)
+    ticket = await services.idempotency.begin(client_id, idem_key, fp)
     if isinstance(ticket, Stored):
-        headers = dict(ticket.headers)
-        headers["Idempotent-Replayed"] = "true"
-        return Response(ticket.body, ticket.status, headers, media_type=ticket.media_type)
+        return replayed(ticket)
+    return await answer_under(services, ticket, path, work, redact=redact)
+
+
+def replayed(stored: Stored) -> Response:
+    """A stored answer, sent again (``Idempotent-Replayed: true``)."""
+    headers = dict(stored.headers)
+    headers["Idempotent-Replayed"] = "true"
+    return Response(stored.body, stored.status, headers, media_type=stored.media_type)
+
+
+async def answer_under(
+    services: Services,
+    ticket: Ticket,
+    path: str,
+    work: Callable[[], Awaitable[Response]],
+    *,
+    redact: Callable[[bytes], bytes] | None = None,
+) -> Response:
+    """Run ``work`` for the request that holds ``ticket`` (its key's pending record) and
+    store its answer there — or, for a 503 or an exception, give the record up."""
     try:
         try:
             response = await work()

@@ -9,9 +9,10 @@ more CPU per call than the script call's own work in Python. While up to
 ``max_in_flight`` pipelines are out, new calls wait and go in the next one, so the
 batch grows with the load and a lone caller pays no delay beyond one loop turn.
 
-Two or more calls of a script with a batch form (:data:`BATCHED`: ``reserve``) in one
-pipeline go as one call of that form (``reserve_many``), which runs each order as the
-script would and answers each on its own; only the call's fixed costs are shared.
+Two or more calls of a script with a batch form (:data:`BATCHED`: ``reserve``, ``hold``)
+in one pipeline go as one call of that form (``reserve_many``, ``hold_many``), which runs
+each order as the script would and answers each on its own; only the call's fixed costs
+are shared.
 
 Semantics are those of separate calls: each script stays atomic on its own (no
 MULTI), replies and errors are per call, a "function not found" reply (library not
@@ -62,9 +63,9 @@ def pack_fcall(function: str, keys: Sequence[str], args: Sequence[str]) -> bytes
 
 _Call = tuple[ScriptFunction, Sequence[str], Sequence[str], "asyncio.Future[Any]"]
 
-BATCHED = {"reserve": "reserve_many"}
+BATCHED = {"reserve": "reserve_many", "hold": "hold_many"}
 """Scripts with a batch form: several calls of the key go out as one call of the value
-(each call's KEYS and ARGV as a block; see ``lua/reserve_many.lua``)."""
+(each call's KEYS and ARGV as a block; see ``lua/reserve_many.lua``, ``lua/hold_many.lua``)."""
 
 
 class _Command(NamedTuple):

@@ -418,9 +418,17 @@ class RedisEngine(StockEngine):
     async def reserve(self, request: ReserveRequest) -> Reservation:
         if not isinstance(request, ReserveRequest):
             raise InvalidInput("request", "must be a ReserveRequest")
-        rid = request.reservation_id
         keys, args = self.reserve_arguments(request)
         code, at, out, retried = await self._run("reserve", keys, args, retry=True)
+        return self.reserve_outcome(request, code, at, out, retried=retried)
+
+    def reserve_outcome(
+        self, request: ReserveRequest, code: str, at: int, out: list[str], *, retried: bool = False
+    ) -> Reservation:
+        """The reservation in ``reserve``'s reply for ``request`` (code, server time,
+        payload), or its error raised — for a reply that ``lua/hold.lua`` passed on.
+        ``retried``: the reply answers a repeat of a call that may have run."""
+        rid = request.reservation_id
         if code in _OK:
             # A REPLAY found by our own retry is the first attempt's success, not a repeat.
             return self._reservation(rid, at, out, code == "REPLAY" and not retried)

@@ -43,6 +43,8 @@ SCRIPT_NAMES = (
     "set_policy",
     "reserve",
     "reserve_many",
+    "hold",
+    "hold_many",
     "confirm",
     "release",
     "extend",

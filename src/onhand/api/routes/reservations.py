@@ -9,6 +9,7 @@ and changes only its own reservations; another client's answer 404 (admins see a
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Request
@@ -16,7 +17,7 @@ from starlette.responses import Response
 
 from onhand.allocation import nearest
 from onhand.api.apikeys import ApiKey
-from onhand.api.idempotency import Admission
+from onhand.api.idempotency import Idempotency, Ticket, fingerprint, parse_key
 from onhand.api.problems import Problem, documented
 from onhand.api.schemas import (
     ID,
@@ -30,12 +31,15 @@ from onhand.api.services import (
     IdempotencyKey,
     RequireScope,
     Services,
+    answer_under,
     get_services,
     idempotent,
     json_response,
+    replayed,
     run_idempotent,
 )
 from onhand.domain import MAX_CANDIDATES, Line, Reservation, ReservationStatus, ReserveRequest
+from onhand.engine.redis import RedisEngine
 from onhand.errors import IdempotencyConflict, InsufficientStock, OnhandError
 
 router = APIRouter(prefix="/v1", tags=["reservations"])
@@ -165,17 +169,21 @@ async def plan(services: Services, key: ApiKey, body: ReservationCreate) -> Rese
     return ReserveRequest(rid, lines, ttl_ms, owner=key.client_id, actor=f"key:{key.key_id}")
 
 
-async def hold(
-    services: Services, key: ApiKey, request_: ReserveRequest, admission: Admission | None
+async def hold(services: Services, key: ApiKey, request_: ReserveRequest) -> Response:
+    """Admit and reserve ``request_`` (two script calls; :func:`create_idempotent`
+    makes them one)."""
+    await _admit(services, key, request_.reservation_id, request_.ttl_ms)
+    return await _reserved(services, key, request_, services.engine.reserve(request_))
+
+
+async def _reserved(
+    services: Services, key: ApiKey, request_: ReserveRequest, reserving: Awaitable[Reservation]
 ) -> Response:
-    """Admit (unless ``admission`` was made already) and reserve ``request_``."""
+    """The answer for ``request_`` once admitted, from ``reserving`` (its reservation or
+    its error); the hold slot is kept only for a pending hold, with the hold's deadline."""
     rid = request_.reservation_id
-    if admission is None:
-        await _admit(services, key, rid, request_.ttl_ms)
-    elif not admission.admitted:
-        raise _too_many_holds(admission.limit, admission.retry_after_ms or 0)
     try:
-        res = await services.engine.reserve(request_)
+        res = await reserving
     except IdempotencyConflict:
         services.metrics.reservation("conflict")
         await _settle_slot(services, key, rid)
@@ -206,7 +214,7 @@ async def create(services: Services, key: ApiKey, body: ReservationCreate) -> Re
         if problem.slug == "line-quantity-limit":
             services.metrics.reservation("limited")
         raise
-    return await hold(services, key, request_, None)
+    return await hold(services, key, request_)
 
 
 async def create_idempotent(
@@ -214,8 +222,7 @@ async def create_idempotent(
 ) -> Response:
     """``POST /v1/reservations`` under its Idempotency-Key (the route and the fast path).
 
-    When :func:`plan` passes, the Idempotency-Key record is taken and the order admitted
-    in one script call (``lua/admit.lua`` ``begin``); otherwise the request runs as
+    When :func:`plan` passes, the request is :func:`hold_once`; otherwise it runs as
     :func:`create`, whose answer (the same problem) is stored under the key as always.
     """
     canonical = body.model_dump_json().encode()
@@ -228,17 +235,60 @@ async def create_idempotent(
             services, key.client_id, "POST", PATH, raw_key, canonical,
             lambda: create(services, key, body),
         )  # fmt: skip
-    admission = Admission(
-        services.engine.keys.client_holds(key.client_id),
-        request_.reservation_id,
-        request_.ttl_ms,
-        _hold_limit(services, key),
-    )
-    ready = request_
-    return await run_idempotent(
-        services, key.client_id, "POST", PATH, raw_key, canonical,
-        lambda: hold(services, key, ready, admission), admit=admission,
-    )  # fmt: skip
+    return await hold_once(services, key, request_, raw_key, canonical)
+
+
+async def hold_once(
+    services: Services, key: ApiKey, request_: ReserveRequest, raw_key: str, canonical: bytes
+) -> Response:
+    """The Idempotency-Key record, the hold admission and the reservation in one script
+    call (``lua/hold.lua``). A new hold comes back answered and its answer stored; a
+    stored answer is replayed; anything else (the client at its hold limit, a repeat,
+    a conflict, a shortfall, an error) is answered and stored as the separate calls
+    would, from the reply, under the record the call took."""
+    idem, engine = services.idempotency, services.engine
+    fp = fingerprint("POST", PATH, canonical)
+    ticket = Ticket(idem.record_key(key.client_id, parse_key(raw_key)), fp, idem.new_token())
+    limit = _hold_limit(services, key)
+    keys, args = hold_arguments(services.engine, idem, ticket, limit, request_)
+    failed: OnhandError | None = None
+    try:
+        code, at, out = await engine.script("hold", keys, args)
+    except OnhandError as exc:
+        failed, code, at, out = exc, "", 0, []
+    if code == "HELD":
+        services.metrics.reservation("held")
+        location = f"{PATH}/{request_.reservation_id}"
+        return Response(out[0].encode(), 201, {"Location": location}, "application/json")
+    if code == "FOUND":
+        return replayed(idem.found(out[0], fp))
+
+    async def outcome() -> Reservation:
+        if failed is not None:
+            raise failed
+        return engine.reserve_outcome(request_, code, at, out)
+
+    async def work() -> Response:
+        if code == "FULL":
+            raise _too_many_holds(limit, int(out[0]))
+        return await _reserved(services, key, request_, outcome())
+
+    return await answer_under(services, ticket, PATH, work)
+
+
+def hold_arguments(
+    engine: RedisEngine,
+    idem: Idempotency,
+    ticket: Ticket,
+    limit: int,
+    request_: ReserveRequest,
+) -> tuple[list[str], list[str]]:
+    """The KEYS and the ARGV after the clock of ``lua/hold.lua``: ``request_`` for the
+    client that owns it (``request_.owner``), under ``ticket``'s record."""
+    rkeys, rargs = engine.reserve_arguments(request_)
+    keys = [engine.keys.client_holds(request_.owner), ticket.redis_key, *rkeys]
+    args = [ticket.fingerprint, ticket.token, str(idem.lock_ms), str(idem.ttl_ms), str(limit)]
+    return keys, [*args, f"{PATH}/", *rargs]
 
 
 @router.post(
