@@ -26,6 +26,7 @@ from onhand.domain import Line, ReserveRequest
 from onhand.engine.base import ManualClock
 from onhand.engine.redis import RedisEngine
 from onhand.engine.scripts import Scripts
+from tests.conftest import delete_namespace
 from tests.integration.support import PARTITIONS, dump_namespace
 
 T0 = (int(time.time()) // 3600 + 1) * 3_600_000
@@ -98,7 +99,7 @@ def _order(rid: str, *lines: Line, ttl_ms: int = 60_000) -> ReserveRequest:
 
 @pytest.fixture
 async def worlds(
-    redis_client: redis.asyncio.Redis, namespace: str
+    redis_client: redis.asyncio.Redis, redis_url: str, namespace: str
 ) -> AsyncIterator[tuple[World, World]]:
     clock = ManualClock(T0)
     names = (f"{namespace}x", f"{namespace}y")
@@ -106,9 +107,7 @@ async def worlds(
         yield tuple([await World(redis_client, n, clock).seed() for n in names])  # type: ignore[misc]
     finally:
         for name in names:
-            keys = [k async for k in redis_client.scan_iter(match=f"{name}:*", count=1000)]
-            if keys:
-                await redis_client.delete(*keys)
+            delete_namespace(redis_url, name)
 
 
 async def test_a_new_hold_answers_stores_and_changes_what_the_separate_calls_do(

@@ -20,6 +20,7 @@ from onhand.engine.base import ManualClock
 from onhand.engine.redis import RedisEngine
 from onhand.engine.scripts import Scripts
 from onhand.errors import EngineNotReady
+from tests.conftest import delete_namespace
 from tests.integration.support import PARTITIONS
 
 T0 = 1_700_000_000_000
@@ -60,7 +61,7 @@ def _orders() -> list[ReserveRequest]:
 
 @pytest.fixture
 async def worlds(
-    redis_client: redis.asyncio.Redis, namespace: str
+    redis_client: redis.asyncio.Redis, redis_url: str, namespace: str
 ) -> AsyncIterator[tuple[RedisEngine, RedisEngine, ManualClock]]:
     clock = ManualClock(T0)
     names = (f"{namespace}x", f"{namespace}y")
@@ -69,9 +70,7 @@ async def worlds(
         yield one, batch, clock
     finally:
         for name in names:
-            keys = [k async for k in redis_client.scan_iter(match=f"{name}:*", count=1000)]
-            if keys:
-                await redis_client.delete(*keys)
+            delete_namespace(redis_url, name)
 
 
 async def test_a_batch_answers_and_changes_exactly_what_the_same_reserves_one_by_one_do(
