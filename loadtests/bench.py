@@ -1423,6 +1423,23 @@ def output(run: Run, args: argparse.Namespace, seconds: float) -> None:
         _write_json(args.json, payload)
 
 
+TOOLS = {  # section -> (tool, where it comes from)
+    "a": [("redis-benchmark", "Debian package redis-tools")],
+    "c": [("wrk", "Debian package wrk"), ("py-spy", "pip install py-spy (make venv)")],
+}
+
+
+def missing_tools(only: set[str]) -> list[str]:
+    """The external tools the chosen sections need that are not on PATH (nor beside python)."""
+    here = Path(sys.executable).parent
+    return [
+        f"{tool} ({source})"
+        for section in sorted(only)
+        for tool, source in TOOLS.get(section, [])
+        if shutil.which(tool) is None and not (here / tool).exists()
+    ]
+
+
 async def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="≈ 2 minutes")
@@ -1430,6 +1447,10 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-out", metavar="FILE", help="keep py-spy's raw stacks")
     parser.add_argument("--only", default="a,b,c,e", help="sections, e.g. a,b (c includes d, f)")
     args = parser.parse_args(argv)
+    missing = missing_tools(set(args.only.split(",")))
+    if missing:
+        print("bench: missing tools: " + "; ".join(missing), file=sys.stderr)
+        return 2
     task = asyncio.current_task()
     assert task is not None
     _on_signals(task)
