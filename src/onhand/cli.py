@@ -73,6 +73,7 @@ def writer(
                 claim_idle_ms=settings.writer_claim_idle_ms,
                 max_attempts=settings.writer_max_attempts,
                 trim_interval_ms=settings.writer_trim_interval_ms,
+                linger_ms=settings.writer_linger_ms,
                 burst=burst,
                 metrics=metrics,
                 engine=stack.engine,

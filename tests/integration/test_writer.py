@@ -223,3 +223,51 @@ async def test_a_schema_problem_pauses_the_writer_instead_of_dead_lettering_even
         writer.close()
         await task
         assert (writer.written, writer.dead_lettered) == (produced, 0)
+
+
+async def _trickle(stack: Stack, writer_kwargs: dict[str, int], n: int = 20) -> tuple[int, float]:
+    """A running writer while ``n`` holds of one SKU (one partition) arrive 20 ms apart:
+    the number of batches it committed them in, and how long after the last hold it
+    had them all."""
+    e = stack.engine
+    sku, wh = new_id("s"), new_id("w")
+    await e.receive(sku, wh, 1_000)
+    writer = stack.writer(burst=False, **writer_kwargs)
+    task = asyncio.create_task(writer.main())
+    try:
+        for _ in range(100):  # the receipt is committed: the writer is running
+            if writer.written == 1:
+                break
+            await asyncio.sleep(0.01)
+        before = writer.metrics.batches._value.get()
+        for _ in range(n):
+            await e.reserve(ReserveRequest(new_id("r"), (Line(sku, 1, (wh,)),), ttl_ms=60_000))
+            await asyncio.sleep(0.02)
+        last = asyncio.get_running_loop().time()
+        for _ in range(300):
+            if writer.written == 1 + n:
+                break
+            await asyncio.sleep(0.01)
+        waited = asyncio.get_running_loop().time() - last
+        assert writer.written == 1 + n
+        return int(writer.metrics.batches._value.get() - before), waited
+    finally:
+        writer.close()
+        await asyncio.wait_for(task, 0.5)  # a stop does not wait out the linger
+
+
+async def test_without_linger_a_trickle_is_committed_a_few_entries_at_a_time(
+    redis_url: str, database_url: str, namespace: str
+):
+    async with open_stack(redis_url, database_url, namespace) as stack:
+        batches, _ = await _trickle(stack, {"linger_ms": 0})
+        assert batches >= 10
+
+
+async def test_a_lingering_writer_commits_a_trickle_in_a_few_batches_within_the_linger(
+    redis_url: str, database_url: str, namespace: str
+):
+    async with open_stack(redis_url, database_url, namespace) as stack:
+        batches, waited = await _trickle(stack, {"linger_ms": 1_000})
+        assert batches <= 3
+        assert waited < 1.0 + 0.5
