@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     writer_claim_idle_ms: int = Field(default=30_000, ge=100)
     writer_max_attempts: int = Field(default=3, ge=1)
     writer_trim_interval_ms: int = Field(default=1_000, ge=1)
-    writer_linger_ms: int = Field(default=50, ge=0, le=1_000)
+    writer_linger_ms: int = Field(default=100, ge=0, le=1_000)
     writer_metrics_port: int = Field(default=0, ge=0, le=65535)
 
     confirm_barrier_timeout_ms: int = Field(default=2_000, ge=1)

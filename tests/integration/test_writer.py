@@ -253,21 +253,22 @@ async def _trickle(stack: Stack, writer_kwargs: dict[str, int], n: int = 20) -> 
         return int(writer.metrics.batches._value.get() - before), waited
     finally:
         writer.close()
-        await asyncio.wait_for(task, 0.5)  # a stop does not wait out the linger
+        await asyncio.wait_for(task, 0.5)  # a stop does not wait out a linger
 
 
-async def test_without_linger_a_trickle_is_committed_a_few_entries_at_a_time(
+async def test_a_light_trickle_is_committed_as_it_comes_without_lingering(
     redis_url: str, database_url: str, namespace: str
 ):
     async with open_stack(redis_url, database_url, namespace) as stack:
-        batches, _ = await _trickle(stack, {"linger_ms": 0})
+        batches, waited = await _trickle(stack, {"linger_ms": 1_000})  # linger_from 32
         assert batches >= 10
+        assert waited < 0.5
 
 
-async def test_a_lingering_writer_commits_a_trickle_in_a_few_batches_within_the_linger(
+async def test_a_busy_stream_is_committed_in_a_few_batches_within_the_linger(
     redis_url: str, database_url: str, namespace: str
 ):
     async with open_stack(redis_url, database_url, namespace) as stack:
-        batches, waited = await _trickle(stack, {"linger_ms": 1_000})
+        batches, waited = await _trickle(stack, {"linger_ms": 1_000, "linger_from": 1})
         assert batches <= 3
         assert waited < 1.0 + 0.5

@@ -10,12 +10,13 @@ nothing already in a stream is skipped. The loop:
 3. read a batch (``XREADGROUP … >``), apply it in **one** Postgres transaction
    (:meth:`LedgerStore.apply`: idempotent inserts, version-guarded projections, the
    watermark), and ``XACK`` only after ``COMMIT``;
-   Under a steady trickle the next read waits until ``linger_ms`` after the previous
-   one began (only when that one was partial: a backlog is read back to back, and the
-   first entry after a quiet spell goes at once), so a busy stream is committed in
-   batches of tens or hundreds instead of a few entries per transaction — each
-   transaction costs Postgres a fixed share (statements, commit) that small batches
-   pay per event. It adds at most ``linger_ms`` to the lag;
+   Under load the next read waits until ``linger_ms`` after the previous one began:
+   when a read brought at least ``linger_from`` entries but less than half a batch
+   (a backlog is read back to back; a light trickle, fewer entries per read, goes as
+   it comes). So a busy stream is committed in batches of hundreds instead of tens
+   of entries per transaction — each transaction costs Postgres a fixed share
+   (statements, commit) that small batches pay per event. Under load it adds at most
+   ``linger_ms`` to the lag (and so to what a Redis without persistence can lose);
 4. every ``trim_interval_ms``, trim each stream with ``MINID`` below both the committed
    watermark and the oldest entry still pending — never with ``MAXLEN``, which drops
    entries nobody has persisted.
@@ -158,7 +159,8 @@ class StreamWriter:
         claim_idle_ms: int = 30_000,
         max_attempts: int = 3,
         trim_interval_ms: int = 1_000,
-        linger_ms: int = 50,
+        linger_ms: int = 100,
+        linger_from: int = 32,
         burst: bool = False,
         metrics: WriterMetrics | None = None,
         engine: RedisEngine | None = None,
@@ -175,6 +177,7 @@ class StreamWriter:
         self.max_attempts = max_attempts
         self.trim_interval_ms = trim_interval_ms
         self.linger_ms = linger_ms
+        self.linger_from = max(1, linger_from)
         self.burst = burst
         self.metrics = metrics if metrics is not None else WriterMetrics()
         self.engine = engine
@@ -250,8 +253,8 @@ class StreamWriter:
                     claimed = await self._retry_redis(self._claim)
                     next_claim = now + self.claim_idle_ms / 2000
                 read = await self._retry_redis(lambda: self._read(">", block=not self.burst))
-                partial = 0 < len(read) < self.batch // 2
-                next_read = now + self.linger_ms / 1000 if partial and not self.burst else 0.0
+                busy = self.linger_from <= len(read) < self.batch // 2 and not self.burst
+                next_read = now + self.linger_ms / 1000 if busy else 0.0
                 parts = self._prepare(read) if read else None
                 inflight = await _settle(inflight)
                 if parts is not None:
