@@ -373,7 +373,7 @@ local function resolve(h, st, actor, retention_ms)
   if UNHOLDS[st] then redis.call('ZREM', h.dk, h.key) end
   h.st = st
   redis.call('HSET', h.key, 'st', st, 'up', NOWS)
-  if TERMINAL[st] then redis.call('PEXPIRE', h.key, retention_ms) end
+  if TERMINAL[st] then redis.call('PEXPIRE', h.key, fmt(retention_ms)) end
 end
 
 -- Overdue-expiry in two phases, so that a corrupt key anywhere stops the whole batch
@@ -382,7 +382,7 @@ end
 -- feed one batch (a reservation listed twice is taken once).
 local function due_collect(batch, zkey, limit)
   want_type(zkey, 'zset')
-  local due = redis.call('ZRANGEBYSCORE', zkey, '-inf', NOWS, 'LIMIT', 0, limit)
+  local due = redis.call('ZRANGEBYSCORE', zkey, '-inf', NOWS, 'LIMIT', '0', fmt(limit))
   for _, hk in ipairs(due) do
     if not batch.seen[hk] then
       batch.seen[hk] = true
@@ -620,9 +620,9 @@ local function reserve_order(k0, a0, kn, an)
   redis.call('HSET', KEYS[K + 1], 'id', rid, 'st', 'pending', 'fp', fp, 'own', owner,
              'cr', NOWS, 'dl', dls, 'cap', caps, 'nx', '0', 'up', NOWS, 'al', al,
              'dk', KEYS[K + 2])
-  redis.call('ZADD', KEYS[K + 2], deadline, KEYS[K + 1])
+  redis.call('ZADD', KEYS[K + 2], dls, KEYS[K + 1])
   for li, line in ipairs(lines) do
-    redis.call('ZADD', line.holdk, deadline, KEYS[K + 1])
+    redis.call('ZADD', line.holdk, dls, KEYS[K + 1])
     local lns = fmt(li - 1)
     for _, p in ipairs(line.plan) do
       rec_change(rec_load(KEYS[line.r0 + p[1]]), line.s, {
@@ -690,8 +690,8 @@ local function hold_order(k0, a0, kn, an)
   local known = redis.call('ZSCORE', holds, rid)
   if not (known and tonumber(known) >= NOW) then
     if redis.call('ZCOUNT', holds, NOWS, '+inf') >= limit then
-      local first = redis.call('ZRANGEBYSCORE', holds, NOWS, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
-      redis.call('SET', idem, pending, 'PX', lock_ms)
+      local first = redis.call('ZRANGEBYSCORE', holds, NOWS, '+inf', 'WITHSCORES', 'LIMIT', '0', '1')
+      redis.call('SET', idem, pending, 'PX', fmt(lock_ms))
       redis.call('ZREMRANGEBYSCORE', holds, '-inf', '(' .. NOWS)
       return {'FULL', NOWS, fmt(math.max(0, tonumber(first[2]) - NOW))}
     end
@@ -706,16 +706,17 @@ local function hold_order(k0, a0, kn, an)
   if reply[1] ~= 'OK' then
     -- A verdict is answered and stored under the record; a call that changed nothing
     -- for a reason of its own (bad argument, fenced, bad data) leaves no record.
-    if not UNRECORDED[reply[1]] then redis.call('SET', idem, pending, 'PX', lock_ms) end
+    if not UNRECORDED[reply[1]] then redis.call('SET', idem, pending, 'PX', fmt(lock_ms)) end
     return reply
   end
   -- Admitted: as admit's add after its clean-up of past slots. The key lives as long as
   -- its latest slot: GT moves an expiry only later; a key without one (new) gets one.
   local slot = NOW + ttl
+  local slots = fmt(slot)
   redis.call('ZREMRANGEBYSCORE', holds, '-inf', '(' .. NOWS)
-  if not known or tonumber(known) < slot then redis.call('ZADD', holds, slot, rid) end
-  if redis.call('PEXPIREAT', holds, slot, 'GT') == 0 then
-    redis.call('PEXPIREAT', holds, slot, 'NX')
+  if not known or tonumber(known) < slot then redis.call('ZADD', holds, slots, rid) end
+  if redis.call('PEXPIREAT', holds, slots, 'GT') == 0 then
+    redis.call('PEXPIREAT', holds, slots, 'NX')
   end
   -- The answer, as the API renders a Reservation (onhand.api.routes.reservations.render,
   -- orjson), and the same text escaped as a JSON string for the stored record: ids are
@@ -743,7 +744,7 @@ local function hold_order(k0, a0, kn, an)
   -- The stored answer, as lua/idempotency.lua's finish stores it (onhand.api.idempotency).
   redis.call('SET', idem, 'D|' .. fp .. '|{"s":201,"b":"' .. escaped ..
              '","m":"application/json","h":{"location":"' .. location .. rid .. '"}}',
-             'PX', record_ttl)
+             'PX', fmt(record_ttl))
   return {'HELD', NOWS, body}
 end
 

@@ -23,14 +23,14 @@ local function add(key, rid, deadline, limit)
   if not known then
     local live = redis.call('ZCARD', key)
     if live >= limit then
-      local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+      local first = redis.call('ZRANGE', key, '0', '0', 'WITHSCORES')
       return {'FULL', NOWS, fmt(math.max(0, tonumber(first[2]) - NOW))}
     end
   end
   if not known or tonumber(known) < deadline then
-    redis.call('ZADD', key, deadline, rid)
+    redis.call('ZADD', key, fmt(deadline), rid)
   end
-  redis.call('PEXPIREAT', key, math.max(deadline, redis.call('PEXPIRETIME', key)))
+  redis.call('PEXPIREAT', key, fmt(math.max(deadline, redis.call('PEXPIRETIME', key))))
   return {'OK', NOWS, fmt(redis.call('ZCARD', key))}
 end
 

@@ -34,10 +34,10 @@ local function main()
   local n = h.nx + 1
   local dls = fmt(deadline)
   redis.call('HSET', h.key, 'dl', dls, 'nx', fmt(n), 'up', NOWS)
-  redis.call('ZADD', h.dk, deadline, h.key)
+  redis.call('ZADD', h.dk, dls, h.key)
   local ns = fmt(n)
   for _, a in ipairs(h.allocs) do
-    redis.call('ZADD', a.h, deadline, h.key)
+    redis.call('ZADD', a.h, dls, h.key)
     local f = {'id', 'x:' .. h.id .. ':' .. ns .. ':' .. a.s .. ':' .. a.w, 't', 'extended',
                'ts', NOWS, 'sku', a.s, 'wh', a.w, 'res', h.id, 'ln', fmt(a.l), 'dl', dls,
                'v', ns}

@@ -36,7 +36,7 @@ local function main()
     local fp, token = arg_text(3), arg_text(4)
     local lock_ms = arg_int(5, 1, MAX_TTL_MS)
     if value then return {'FOUND', NOWS, value} end
-    redis.call('SET', key, 'P|' .. fp .. '|' .. token, 'PX', lock_ms)
+    redis.call('SET', key, 'P|' .. fp .. '|' .. token, 'PX', fmt(lock_ms))
     return {'NEW', NOWS}
   elseif mode == 'finish' then
     local token, record = arg_text(3), ARGV[4]
@@ -45,7 +45,7 @@ local function main()
       reject('BADARG', '4')
     end
     if not owns(value, token) then return {'LOST', NOWS} end
-    redis.call('SET', key, record, 'PX', ttl_ms)
+    redis.call('SET', key, record, 'PX', fmt(ttl_ms))
     return {'OK', NOWS}
   elseif mode == 'abandon' then
     local token = arg_text(3)
