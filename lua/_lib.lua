@@ -659,6 +659,30 @@ end
 --     is taken (pending), no slot added; the reply is reserve's.
 --   BADARG, NOTREADY, WRONGTYPE, CORRUPT: nothing changed; the reply is reserve's.
 local UNRECORDED = {BADARG = true, NOTREADY = true, WRONGTYPE = true, CORRUPT = true}
+-- A client's slots (its holds zset) as far as this call knows them: for one clock
+-- reading (`now`), the live count (slots not past `now`; false: not read yet) and
+-- whether past slots are swept; and a lower bound of the key's expiry that this call
+-- set (false: none known). A batch of one client's holds then reads the count, sweeps
+-- and moves the expiry once instead of once per order; an order with another clock
+-- (tests pass one per order) reads and sweeps again. (A sweep that deletes the key
+-- with its expiry removed every slot, the latest one this call set included: that
+-- bound is then below the clock, so the next slot, later than the clock, moves the
+-- expiry again.)
+local SLOTS = {}  -- per call
+local function slots_of(holds)
+  local st = SLOTS[holds]
+  if not st then
+    st = {now = false, live = false, swept = false, exp = false}
+    SLOTS[holds] = st
+  end
+  if st.now ~= NOW then st.now, st.live, st.swept = NOW, false, false end
+  return st
+end
+local function sweep_slots(st, holds)
+  if st.swept then return end
+  redis.call('ZREMRANGEBYSCORE', holds, '-inf', '(' .. NOWS)
+  st.swept = true
+end
 local function hold_order(k0, a0, kn, an)
   local holds, idem = KEYS[k0], KEYS[k0 + 1]
   local fp, token = ARGV[a0], arg_text(a0 + 1)
@@ -687,12 +711,15 @@ local function hold_order(k0, a0, kn, an)
   local pending = 'P|' .. fp .. '|' .. token
   -- Admission (lua/admit.lua's add), read-only until the reservation is made: live
   -- slots are those whose deadline is not past.
+  local st = slots_of(holds)
   local known = redis.call('ZSCORE', holds, rid)
-  if not (known and tonumber(known) >= NOW) then
-    if redis.call('ZCOUNT', holds, NOWS, '+inf') >= limit then
+  local live = known and tonumber(known) >= NOW
+  if not live then
+    if not st.live then st.live = redis.call('ZCOUNT', holds, NOWS, '+inf') end
+    if st.live >= limit then
       local first = redis.call('ZRANGEBYSCORE', holds, NOWS, '+inf', 'WITHSCORES', 'LIMIT', '0', '1')
       redis.call('SET', idem, pending, 'PX', fmt(lock_ms))
-      redis.call('ZREMRANGEBYSCORE', holds, '-inf', '(' .. NOWS)
+      sweep_slots(st, holds)
       return {'FULL', NOWS, fmt(math.max(0, tonumber(first[2]) - NOW))}
     end
   end
@@ -713,10 +740,16 @@ local function hold_order(k0, a0, kn, an)
   -- its latest slot: GT moves an expiry only later; a key without one (new) gets one.
   local slot = NOW + ttl
   local slots = fmt(slot)
-  redis.call('ZREMRANGEBYSCORE', holds, '-inf', '(' .. NOWS)
-  if not known or tonumber(known) < slot then redis.call('ZADD', holds, slots, rid) end
-  if redis.call('PEXPIREAT', holds, slots, 'GT') == 0 then
-    redis.call('PEXPIREAT', holds, slots, 'NX')
+  sweep_slots(st, holds)
+  if not known or tonumber(known) < slot then
+    redis.call('ZADD', holds, slots, rid)
+    if st.live and not live then st.live = st.live + 1 end
+  end
+  if not (st.exp and st.exp >= slot) then
+    if redis.call('PEXPIREAT', holds, slots, 'GT') == 0 then
+      redis.call('PEXPIREAT', holds, slots, 'NX')
+    end
+    st.exp = slot  -- the expiry is now at least slot (GT kept a later one, NX set it)
   end
   -- The answer, as the API renders a Reservation (onhand.api.routes.reservations.render,
   -- orjson), and the same text escaped as a JSON string for the stored record: ids are

@@ -239,3 +239,41 @@ async def test_a_batch_of_holds_answers_and_changes_what_the_same_holds_one_by_o
     assert await batch.leftovers(keys) == await one.leftovers(keys)
     assert await batch.engine.state() == await one.engine.state()
     assert await batch.engine.events() == await one.engine.events()
+
+
+async def test_a_batch_whose_orders_read_later_clocks_sweeps_and_expires_slots_as_one_by_one(
+    redis_client: redis.asyncio.Redis, worlds: tuple[World, World]
+) -> None:
+    """Within one call a client's slots are counted, swept and given an expiry once per
+    clock reading; an order with a later clock (tests pass one per order) must see its
+    own: earlier slots lapse, are swept (the last one deletes the key and its expiry)
+    and the next slot sets the expiry again."""
+    one, batch = worlds
+    plan = [  # (ms to advance before the order, key, order)
+        (0, "k1", _order("o1", Line("B", 1, ("W1",)), ttl_ms=1_000)),
+        (0, "k2", _order("o2", Line("B", 1, ("W1",)), ttl_ms=2_000)),
+        (0, "k3", _order("o3", Line("B", 1, ("W1",)), ttl_ms=500)),  # limit 3: FULL next
+        (0, "k4", _order("o4", Line("B", 1, ("W1",)), ttl_ms=1_000)),
+        (600, "k5", _order("o5", Line("B", 1, ("W1",)), ttl_ms=1_000)),  # o3's slot lapsed
+        (5_000, "k6", _order("o6", Line("B", 1, ("W1",)), ttl_ms=700)),  # every slot lapsed
+        (0, "k7", _order("o7", Line("B", 1, ("W1",)), ttl_ms=300)),  # expiry stays o6's
+    ]
+    start = one.clock.now_ms
+    one_by_one, calls = [], []
+    for ms, key, request in plan:
+        one.clock.advance(ms)  # (one clock for both worlds)
+        one_by_one.append(await one.hold(key, request, limit=3))
+        calls.append(batch.hold_args(key, request, limit=3))
+    one.clock.now_ms = start
+    head = [str(len(calls))]
+    for k, a in calls:
+        head += (str(len(k)), str(len(a)))
+    reply = await batch.scripts["hold_many"](
+        keys=[key for k, _ in calls for key in k], args=[*head, *(x for _, a in calls for x in a)]
+    )
+    codes = [r[0] for r in one_by_one]
+    assert codes == [b"HELD", b"HELD", b"HELD", b"FULL", b"HELD", b"HELD", b"HELD"]
+    assert [r[0] for r in reply[2:]] == codes
+    keys = [key for _, key, _ in plan]
+    assert await batch.leftovers(keys) == await one.leftovers(keys)
+    assert await batch.engine.state() == await one.engine.state()

@@ -118,5 +118,6 @@ def test_the_function_library_registers_every_script_with_its_shebang_flags():
         "  SKUS = {}",
         "  EMITTED = {}",
         "  FINGERPRINTS = {}",
+        "  SLOTS = {}",
     ]
     assert source.count("KEYS, ARGV = keys, args; reset(); return script_") == len(SCRIPT_NAMES)
