@@ -74,6 +74,26 @@ async def test_a_lone_call_is_sent_at_once_and_alone(redis_url: str, namespace: 
         assert coalescer.largest_batch == 1 and coalescer.peak_in_flight == 1
 
 
+async def test_calls_arriving_while_one_is_out_wait_for_it_and_go_together(
+    redis_url: str, namespace: str
+) -> None:
+    sku, wh = new_id("sku"), new_id("wh")
+    async with open_engine(redis_url, namespace, coalesce=True) as engine:
+        await engine.receive(sku, wh, 10)
+        coalescer = engine._coalescer
+        assert coalescer is not None
+        before = coalescer.pipelines
+        await asyncio.gather(
+            *(
+                engine.reserve(ReserveRequest(f"m{i}", (Line(sku, 1, (wh,)),), 60_000))
+                for i in range(6)
+            )
+        )
+        # the first goes at once and alone; the five that came meanwhile, as one batch
+        assert coalescer.pipelines == before + 2
+        assert coalescer.largest_batch == 5 and coalescer.peak_in_flight == 1
+
+
 async def test_an_error_in_one_coalesced_call_does_not_touch_its_neighbours(
     redis_url: str, namespace: str
 ) -> None:

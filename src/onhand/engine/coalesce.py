@@ -111,13 +111,17 @@ def _commands(batch: list[_Call]) -> list[_Command]:
 class Coalescer:
     """Concurrent script calls sent as shared pipelines (module docstring).
 
-    Up to ``eager_in_flight`` pipelines go out as soon as calls wait, whatever their
-    number: under light load a call waits for nothing. Beyond that, up to
+    Up to ``eager_in_flight`` pipelines (one) go out as soon as calls wait, whatever
+    their number: a lone call waits for nothing, and calls that arrive while it is out
+    wait for it (one round trip) and go together. Beyond that, up to
     ``max_in_flight`` pipelines, only a full batch (``max_batch`` calls) is sent, so
     under heavy load Redis always has work queued in slices of a few milliseconds
     instead of one long batch per round trip (a 256-call batch of ``reserve`` is
     ≈ 15 ms of Redis time, during which its callers wait and, once it answers, Redis
-    idles while they are handled).
+    idles while they are handled). One eager pipeline rather than two: under HTTP
+    load the batches are half as many and twice as large (0.04 instead of 0.06 script
+    calls per reservation with one API worker, 0.07 instead of 0.12 with two), which
+    costs Redis and the worker less per call.
     """
 
     def __init__(
@@ -126,7 +130,7 @@ class Coalescer:
         *,
         max_batch: int = 32,
         max_in_flight: int = 8,
-        eager_in_flight: int = 2,
+        eager_in_flight: int = 1,
     ) -> None:
         self.client = client
         self.max_batch = max_batch
