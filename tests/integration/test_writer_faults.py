@@ -365,7 +365,10 @@ async def test_a_writer_killed_with_sigkill_at_random_points_loses_and_doubles_n
         for last, _ in (await _positions(stack.client, streams)).values():
             final_mark += sum(int(part) for part in last.split("-"))
         done = (produced, final_mark)
-        env = _writer_env(redis_url, database_url, namespace)
+        # Batches of 250, not 500: twice the commits (so twice the COMMIT..XACK windows)
+        # and a drain slow enough that a writer left running for an "early" kill's 1.6 s
+        # does not finish the load before half the kills have had a chance.
+        env = _writer_env(redis_url, database_url, namespace, ONHAND_WRITER_BATCH="250")
         kills: list[str] = []
         mid_run = window_hits = 0
         unacked_before: set[tuple[int, int, int]] = set()
