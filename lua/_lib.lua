@@ -487,6 +487,20 @@ local function plan_line(qty, av, split, allowance)
   return {{best, qty}}, qty
 end
 
+-- Allocations are stored, resolved and listed by line, then warehouse id, compared
+-- byte by byte (Lua's string `<` follows the server's locale): the order the API
+-- lists them in and a rehydrate rebuilds them in, so every resolution emits its
+-- events in one order whatever order the plan chose.
+local function alloc_before(x, y)
+  if x.l ~= y.l then return x.l < y.l end
+  local a, b = x.w, y.w
+  for i = 1, math.min(#a, #b) do
+    local p, q = string.byte(a, i), string.byte(b, i)
+    if p ~= q then return p < q end
+  end
+  return #a < #b
+end
+
 local FINGERPRINTS = {}  -- per call
 -- Reserve one order (reserve.lua's contract) whose keys are KEYS[k0..kn] and whose
 -- arguments are ARGV[a0..an], a0 being its retention_ms (the argument after its clock;
@@ -615,6 +629,7 @@ local function reserve_order(k0, a0, kn, an)
                              e = line.strk, r = line.readyk}
     end
   end
+  if #allocs > 1 then table.sort(allocs, alloc_before) end
   local al = cjson.encode(allocs)
   local dls, caps = fmt(deadline), fmt(cap)
   redis.call('HSET', KEYS[K + 1], 'id', rid, 'st', 'pending', 'fp', fp, 'own', owner,
@@ -633,18 +648,6 @@ local function reserve_order(k0, a0, kn, an)
     end
   end
   return {'OK', NOWS, 'pending', NOWS, dls, owner, al}, allocs
-end
-
--- The API lists allocations by line, then warehouse id, compared byte by byte (Lua's
--- string `<` follows the server's locale).
-local function alloc_before(x, y)
-  if x.l ~= y.l then return x.l < y.l end
-  local a, b = x.w, y.w
-  for i = 1, math.min(#a, #b) do
-    local p, q = string.byte(a, i), string.byte(b, i)
-    if p ~= q then return p < q end
-  end
-  return #a < #b
 end
 
 -- The checkout's one call (hold.lua's contract): the Idempotency-Key record, the
@@ -757,8 +760,7 @@ local function hold_order(k0, a0, kn, an)
   local dot = string.find(rid, '.', 1, true)
   local order = dot and string.sub(rid, dot + 1) or ''
   if order == '' then order = rid end
-  if #allocs > 1 then table.sort(allocs, alloc_before) end
-  local parts = {}
+  local parts = {}  -- allocs: sorted as the API lists them
   for i, a in ipairs(allocs) do
     parts[i] = '{"line":' .. fmt(a.l) .. ',"sku":"' .. a.s .. '","warehouse":"' .. a.w ..
                '","qty":' .. fmt(a.q) .. '}'

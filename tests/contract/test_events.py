@@ -231,3 +231,23 @@ async def test_low_stock_is_tracked_per_warehouse(engine: StockEngine):
     await engine.receive(sku, a, 2)
     await engine.receive(sku, b, 2)
     assert sorted(e.warehouse for e in await low_stock_events(engine, sku)) == sorted([a, b])
+
+
+async def test_a_split_reservation_resolves_its_allocations_by_warehouse_not_by_plan(
+    engine: StockEngine,
+):
+    # The plan lists the preferred candidate first (the backorder lands there), but
+    # every resolution walks allocations as the API lists them, by line then warehouse,
+    # so the sku's beyond-stock exposure on each event is the same in every engine (and
+    # the same again after a rehydrate, which rebuilds allocations in that order).
+    sku = new_id("sku")
+    first, second = sorted([new_id("wh"), new_id("wh")])
+    await engine.set_policy(sku, SkuPolicy(backorder_limit=2))
+    await engine.receive(sku, first, 1)
+    rid = new_id("r")
+    await engine.reserve(order(rid, line(sku, 2, second, first, split=True)))
+    await engine.release(rid)
+    released = [
+        (e.warehouse, e.beyond) for e in await engine.events() if e.type is EventType.RELEASED
+    ]
+    assert released == [(first, 1), (second, 0)]
