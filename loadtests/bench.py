@@ -55,6 +55,7 @@ from loadtests.common import (
     REDIS_URL,
     Figure,
     Report,
+    cpu_yardstick_ms,
     delete_namespace,
     machine,
     percentile,
@@ -1409,8 +1410,16 @@ async def background(run: Run) -> None:
     finally:
         await client.aclose()
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    run.raw["background"] = {"loadavg": load, "redis_busy": meter.result().busy}
-    log(f"before the run: load average {load}; Redis busy {meter.result().busy} (others)")
+    yardstick_ms = cpu_yardstick_ms()
+    run.raw["background"] = {
+        "loadavg": load,
+        "redis_busy": meter.result().busy,
+        "cpu_yardstick_ms": round(yardstick_ms, 1),
+    }
+    log(
+        f"before the run: load average {load}; Redis busy {meter.result().busy} (others);"
+        f" CPU yardstick {yardstick_ms:.1f} ms"
+    )
 
 
 async def measure(run: Run, only: set[str]) -> None:
@@ -1445,7 +1454,10 @@ def output(run: Run, args: argparse.Namespace, seconds: float) -> None:
     print("\n" + ", ".join(f"{k}: {v}" for k, v in info.items()))
     print(f"wall time {seconds:.0f} s ({'quick' if args.quick else 'full'})")
     bg = run.raw.get("background", {})
-    print(f"before the run: load average {bg.get('loadavg')}, Redis busy {bg.get('redis_busy')}")
+    print(
+        f"before the run: load average {bg.get('loadavg')}, Redis busy {bg.get('redis_busy')},"
+        f" CPU yardstick {bg.get('cpu_yardstick_ms')} ms (10^6 Python additions, best of 5)"
+    )
     print("\nCommands:\n" + "\n".join(f"  {c}" for c in run.commands))
     if "profile" in run.raw:
         print("\n" + print_profile(run.raw["profile"]))

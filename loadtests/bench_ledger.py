@@ -28,6 +28,7 @@ import redis.asyncio
 from loadtests.common import (
     REDIS_URL,
     Report,
+    cpu_yardstick_ms,
     delete_namespace,
     machine,
     percentile,
@@ -425,6 +426,7 @@ async def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     report = Report("Durable ledger")
     quick = args.quick
+    yardstick_ms = cpu_yardstick_ms()  # before the runs, on an idle process
     if args.only in (None, "drain"):
         await bench_drain(report, 50_000 if quick else 200_000, args.batch)
     if args.only in (None, "lag"):
@@ -432,7 +434,7 @@ async def main(argv: list[str] | None = None) -> int:
     if args.only in (None, "rehydrate"):
         await bench_rehydrate(report, 100_000 if quick else 1_000_000, 10_000 if quick else 100_000)
     print(report.table())
-    info = machine()
+    info = {**machine(), "cpu_yardstick_ms (10^6 Python additions)": f"{yardstick_ms:.1f}"}
     print("\n" + ", ".join(f"{k}: {v}" for k, v in info.items()))
     if args.json:
         payload: dict[str, Any] = {"machine": info, "figures": [f.__dict__ for f in report.figures]}

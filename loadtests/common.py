@@ -6,6 +6,7 @@ import os
 import platform
 import statistics
 import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -31,6 +32,27 @@ def percentile(values: list[float], q: float) -> float:
 
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
+
+
+YARDSTICK_ADDS = 1_000_000
+
+
+def cpu_yardstick_ms(repeat: int = 5) -> float:
+    """Milliseconds this process takes for a fixed pure-Python loop (10⁶ additions), the
+    fastest of ``repeat`` tries.
+
+    A machine-speed reference printed with every run: hosts (and one host over a
+    session) differ by tens of percent, so absolute figures of different runs compare
+    only after scaling by this, or through each run's same-run baselines.
+    """
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.perf_counter()
+        total = 0
+        for i in range(YARDSTICK_ADDS):
+            total += i
+        best = min(best, time.perf_counter() - started)
+    return best * 1000
 
 
 def machine() -> dict[str, str]:
