@@ -1456,7 +1456,7 @@ def output(run: Run, args: argparse.Namespace, seconds: float) -> None:
     bg = run.raw.get("background", {})
     print(
         f"before the run: load average {bg.get('loadavg')}, Redis busy {bg.get('redis_busy')},"
-        f" CPU yardstick {bg.get('cpu_yardstick_ms')} ms (10^6 Python additions, best of 5)"
+        f" CPU yardstick {bg.get('cpu_yardstick_ms')} ms (see loadtests.common.cpu_yardstick_ms)"
     )
     print("\nCommands:\n" + "\n".join(f"  {c}" for c in run.commands))
     if "profile" in run.raw:
