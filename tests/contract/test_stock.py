@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import pytest
 
 from onhand.domain import MAX_STOCK, SkuPolicy, StockLevel
@@ -294,6 +296,36 @@ async def test_availability_lists_every_warehouse_of_the_sku_with_totals(
     assert [lvl.warehouse for lvl in availability.levels] == [w1, w2]
     assert (availability.on_hand, availability.held, availability.available) == (10, 2, 8)
     assert (availability.beyond, availability.at_ms) == (0, clock.now_ms)
+
+
+async def test_every_change_shows_in_the_next_availability_read_however_often_it_was_read(
+    engine: StockEngine, sku, wh
+):
+    # The Redis engine reuses what it decoded for a SKU whose reply is unchanged; each
+    # step changes one thing a product page shows, after the SKU was read repeatedly.
+    other = new_id("wh")
+    steps: list[Callable[[], Awaitable[object]]] = [
+        lambda: engine.receive(sku, wh, 5),
+        lambda: engine.reserve(order(new_id("r"), line(sku, 2, wh))),
+        lambda: engine.set_safety_stock(sku, wh, 1),
+        lambda: engine.set_policy(sku, SkuPolicy(backorder_limit=3)),
+        lambda: engine.receive(sku, other, 4),  # a warehouse new to the SKU
+        lambda: engine.adjust(sku, other, -1, reason="damaged"),
+        lambda: engine.transfer(sku, other, wh, 3),
+        lambda: engine.set_policy(sku, SkuPolicy()),
+    ]
+    policy = SkuPolicy()
+    for n, step in enumerate(steps):
+        before = await engine.availability(sku)
+        assert await engine.availability(sku) == before
+        result = await step()
+        policy = result if isinstance(result, SkuPolicy) else policy
+        after = await engine.availability(sku)
+        assert after != before
+        warehouses = sorted([wh, other]) if n >= 4 else [wh]
+        assert after.levels == tuple([await engine.stock_level(sku, w) for w in warehouses])
+        assert after.policy == policy
+    assert {lvl.warehouse: lvl.on_hand for lvl in after.levels} == {wh: 8, other: 0}
 
 
 async def test_availability_of_an_unknown_sku_is_empty(engine: StockEngine, sku):

@@ -74,6 +74,8 @@ DEFAULT_RETENTION_MS = 24 * 60 * 60 * 1000
 """Resolved reservations are kept this long (24 h) so repeats stay idempotent."""
 _OK = ("OK", "REPLAY")
 _SKU_KEYS_MAX = 65_536
+_READ_MEMO_MAX = 16_384
+"""SKUs whose last-read levels and policy a read may reuse (cleared when full)."""
 RUN_ID_TTL_S = 1.0
 """Reads trust a cached server run_id this long (writes check the live one)."""
 
@@ -160,6 +162,7 @@ class RedisEngine(StockEngine):
         self._sku_keys_memo: dict[str, SkuKeys] = {}
         self._policy_memo: dict[tuple[str, ...], SkuPolicy] = {}
         self._warehouses_memo: dict[str, tuple[str, ...]] = {}
+        self._read_memo: dict[str, tuple[list[str], tuple[StockLevel, ...], SkuPolicy]] = {}
 
     # -- calling scripts -----------------------------------------------------------------
     def _now_arg(self) -> str:
@@ -688,14 +691,18 @@ class RedisEngine(StockEngine):
         of the warehouses this engine last saw in that set. A set that differs from what
         was assumed (a SKU's first read here, or a warehouse new to the SKU: the sets
         only grow) is remembered and the whole read repeated, so every answer comes from
-        one snapshot in which the records read are exactly the set's."""
+        one snapshot in which the records read are exactly the set's.
+
+        A SKU whose part of the reply (policy, exposure, warehouse set, records) equals
+        its previous read's reuses that read's levels and policy (immutable objects)
+        instead of decoding them again: product pages mostly re-read unchanged SKUs."""
         for sku in skus:
             check_id("sku", sku)
         if not skus:
             return []
         sku_keys = [self._sku_keys(s) for s in skus]
         ready = sorted({sk.ready for sk in sku_keys})
-        memo = self._warehouses_memo
+        memo, read_memo = self._warehouses_memo, self._read_memo
         for _ in range(_READ_ATTEMPTS):
             assumed = [memo.get(s, ()) for s in skus]
             keys = list(ready)
@@ -712,27 +719,44 @@ class RedisEngine(StockEngine):
             at = 0
             width = len(_RECORD_FIELDS)
             for sku, whs in zip(skus, assumed, strict=True):
-                raw_policy = values[at : at + len(_POLICY_FIELDS)]
+                start = at
                 beyond = int(values[at + len(_POLICY_FIELDS)] or 0)
                 at += len(_SKU_READ_FIELDS)
                 count = int(values[at])
                 members = tuple(sorted(values[at + 1 : at + 1 + count]))
                 at += 1 + count
+                end = at + width * len(whs)
                 if members != whs:
                     stale = True
                     self._remember_warehouses(sku, members)
-                    at += width * len(whs)
+                    at = end
                     continue
-                levels = []
-                for wh in whs:
-                    levels.append(_level(sku, wh, [v or "0" for v in values[at : at + width]]))
-                    at += width
-                result.append(
-                    SkuAvailability(sku, tuple(levels), self._policy(raw_policy), beyond, now)
-                )
+                raw = values[start:end]
+                seen = read_memo.get(sku)
+                if seen is not None and seen[0] == raw:
+                    levels, policy = seen[1], seen[2]
+                else:
+                    levels, policy = self._decode_sku(sku, whs, values, start, at)
+                    if len(read_memo) >= _READ_MEMO_MAX:
+                        read_memo.clear()
+                    read_memo[sku] = (raw, levels, policy)
+                at = end
+                result.append(SkuAvailability(sku, levels, policy, beyond, now))
             if not stale:
                 return result
         raise EngineUnavailable("availability: warehouse sets kept changing while read; retry")
+
+    def _decode_sku(
+        self, sku: str, whs: tuple[str, ...], values: list[str], start: int, records: int
+    ) -> tuple[tuple[StockLevel, ...], SkuPolicy]:
+        """A SKU's levels and policy from its part of a ``read`` reply (its policy fields
+        at ``start``, the records of ``whs`` from ``records`` on)."""
+        width = len(_RECORD_FIELDS)
+        levels = tuple(
+            _level(sku, wh, [v or "0" for v in values[at : at + width]])
+            for wh, at in zip(whs, range(records, records + width * len(whs), width), strict=True)
+        )
+        return levels, self._policy(values[start : start + len(_POLICY_FIELDS)])
 
     def _remember_warehouses(self, sku: str, warehouses: tuple[str, ...]) -> None:
         if len(self._warehouses_memo) >= _SKU_KEYS_MAX:
