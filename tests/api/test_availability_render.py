@@ -10,7 +10,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from onhand.api.metrics import ApiMetrics
-from onhand.api.routes.availability import bulk_body, etag_of, render, rendered, single_body
+from onhand.api.routes.availability import (
+    RenderMemo,
+    bulk_body,
+    etag_of,
+    render,
+    rendered,
+    single_body,
+)
 from onhand.domain import SkuAvailability, SkuPolicy, StockLevel
 
 counts = st.integers(0, 10**6)
@@ -95,3 +102,53 @@ def test_bodies_and_etag_match_the_domain_definitions(found: list[SkuAvailabilit
     later = [SkuAvailability(a.sku, a.levels, a.policy, a.beyond, a.at_ms + 1) for a in found]
     if all(b["expected_restock_ms"] is None for b in bodies):
         assert rendered(later)[1] == etag
+
+
+def oversold(metrics: ApiMetrics) -> float | None:
+    return metrics.registry.get_sample_value("onhand_oversell_total")
+
+
+@given(
+    st.lists(
+        st.builds(
+            SkuAvailability,
+            sku=st.sampled_from(["S", "T", "U"]),
+            levels=st.lists(levels, max_size=3).map(tuple),
+            policy=policies,
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    st.lists(
+        st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3), st.integers(0, 2 * 10**12))),
+        max_size=8,
+    ),
+)
+def test_a_render_memo_answers_exactly_what_a_fresh_render_would(
+    pool: list[SkuAvailability], reads: list[list[tuple[int, int, int]]]
+) -> None:
+    # Reads draw the same levels and policy objects again (as the engine hands them
+    # out for an unchanged SKU) with other exposures and clock readings.
+    memo = RenderMemo(max_skus=2)
+    for read in reads:
+        found = [
+            SkuAvailability(base.sku, base.levels, base.policy, beyond, at_ms)
+            for base, beyond, at_ms in ((pool[i % len(pool)], b, t) for i, b, t in read)
+        ]
+        with_memo, fresh = ApiMetrics(), ApiMetrics()
+        assert rendered(found, with_memo, memo) == rendered(found, fresh)
+        assert oversold(with_memo) == oversold(fresh)
+
+
+def test_a_memo_reuses_a_skus_text_and_still_counts_its_oversell_on_every_read() -> None:
+    level = StockLevel("S", "A", on_hand=1, held=3, version=4)  # 2 units unaccounted
+    first = SkuAvailability("S", (level,), SkuPolicy(), 0, 1_000)
+    later = SkuAvailability("S", first.levels, first.policy, 0, 2_000)
+    memo, metrics = RenderMemo(), ApiMetrics()
+    text = memo.stable(first, metrics)
+    assert memo.stable(later, metrics) is text
+    assert oversold(metrics) == 2 * first.unaccounted == 4
+    assert rendered([later], None, memo)[0] == orjson.dumps([reference(later)])
+    rebuilt = SkuAvailability("S", (level,), first.policy, 0, 2_000)  # another levels object
+    again = memo.stable(rebuilt, None)
+    assert again is not text and again == text

@@ -139,6 +139,7 @@ class AvailabilityFastPath:
 
     def __init__(self, app: ASGIApp, state: object) -> None:
         self.app, self.state = app, state
+        self.memo = availability.RenderMemo()
 
     def matches(self, scope: Scope) -> bool:
         if scope["type"] != "http" or scope["method"] != "GET":
@@ -175,7 +176,7 @@ class AvailabilityFastPath:
         except OnhandError:
             await self.app(scope, receive, send)  # the route answers the problem
             return
-        bodies, etag = availability.rendered(found, services.metrics)
+        bodies, etag = availability.rendered(found, services.metrics, self.memo)
         body = (
             availability.single_body(bodies)
             if route is SINGLE_ROUTE

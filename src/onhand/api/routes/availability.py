@@ -86,20 +86,55 @@ def render(a: SkuAvailability, metrics: ApiMetrics | None = None) -> dict[str, o
     return body
 
 
-def rendered(found: list[SkuAvailability], metrics: ApiMetrics | None = None) -> tuple[bytes, str]:
+def rendered(
+    found: list[SkuAvailability], metrics: ApiMetrics | None = None, memo: RenderMemo | None = None
+) -> tuple[bytes, str]:
     """``(json, etag)``: the JSON array of :func:`render` of each, and :func:`etag_of`
-    those bodies, hashed from the same bytes instead of a second serialization: each
-    body ends with its ``at_ms``, and the hash leaves out each ``,"at_ms":N}``'s
-    ``,"at_ms":N`` (that text occurs nowhere else: every string in a body is an
-    allow-listed id, without quotes or colons)."""
-    bodies = [_stable(a, metrics) for a in found]
-    for body, a in zip(bodies, found, strict=True):
-        body["at_ms"] = a.at_ms
-    data = orjson.dumps(bodies)
-    stable = data
-    for at_ms in {a.at_ms for a in found}:
-        stable = stable.replace(b',"at_ms":%d}' % at_ms, b"}")
-    return data, _etag(stable)
+    those bodies, built from each SKU's JSON without its clock reading (:func:`_stable`):
+    a body is that text with ``,"at_ms":N`` before its closing brace, and the ETag hashes
+    the array of those texts. ``memo`` (optional) keeps each SKU's text between calls."""
+    stable = [_stable_json(a, metrics) if memo is None else memo.stable(a, metrics) for a in found]
+    bodies = [t[:-1] + b',"at_ms":%d}' % a.at_ms for t, a in zip(stable, found, strict=True)]
+    data = b"[" + b",".join(bodies) + b"]"
+    return data, _etag(b"[" + b",".join(stable) + b"]")
+
+
+def _stable_json(a: SkuAvailability, metrics: ApiMetrics | None) -> bytes:
+    return orjson.dumps(_stable(a, metrics))
+
+
+class RenderMemo:
+    """Each SKU's last :func:`_stable` JSON text, reused while what it was made from is
+    the same: the same ``levels`` and ``policy`` objects (immutable; the engine hands out
+    the same ones while a SKU is unchanged), the same exposure and pre-order phase. The
+    oversell count of a reused text is counted again, as a fresh render would.
+
+    Holds at most ``max_skus`` entries (cleared when full). Not thread-safe: one per
+    event loop."""
+
+    def __init__(self, max_skus: int = 16_384) -> None:
+        self.max_skus = max_skus
+        self._memo: dict[str, tuple[object, object, int, bool, int, bytes]] = {}
+
+    def stable(self, a: SkuAvailability, metrics: ApiMetrics | None) -> bytes:
+        policy = a.policy
+        preorder = policy.preorder_limit > 0 and a.at_ms < policy.preorder_release_ms
+        seen = self._memo.get(a.sku)
+        if (
+            seen is not None
+            and seen[0] is a.levels
+            and seen[1] is policy
+            and seen[2] == a.beyond
+            and seen[3] == preorder
+        ):
+            if metrics is not None and seen[4] > 0:
+                metrics.oversell.inc(seen[4])
+            return seen[5]
+        text = _stable_json(a, metrics)
+        if len(self._memo) >= self.max_skus:
+            self._memo.clear()
+        self._memo[a.sku] = (a.levels, policy, a.beyond, preorder, a.unaccounted, text)
+        return text
 
 
 def _etag(stable_json: bytes) -> str:
