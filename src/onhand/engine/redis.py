@@ -127,6 +127,31 @@ _READ_ATTEMPTS = 4
 """Reads of a bulk availability call at most (a warehouse new to a SKU repeats it)."""
 
 
+class _SkuRead(NamedTuple):
+    """How an availability read asks for one SKU: the warehouses the engine last saw in
+    its set, the keys (SKU hash, warehouse set, those records) and ``read.lua``'s plan
+    letters for them. Built once per SKU and set, not on every read."""
+
+    warehouses: tuple[str, ...]
+    keys: tuple[str, ...]
+    plan: str
+
+    @classmethod
+    def of(cls, sk: SkuKeys, warehouses: tuple[str, ...]) -> _SkuRead:
+        records = tuple([sk.stock_head + wh for wh in warehouses])
+        return cls(warehouses, (sk.sku, sk.warehouses, *records), "Hs" + "h" * len(warehouses))
+
+
+class _SkuDecoded(NamedTuple):
+    """What one SKU's part of a read reply (``raw``, asked for by ``read``) decoded to."""
+
+    read: _SkuRead
+    raw: list[str]
+    levels: tuple[StockLevel, ...]
+    policy: SkuPolicy
+    beyond: int
+
+
 class RedisEngine(StockEngine):
     """:class:`StockEngine` over Redis. The script library is built at construction (no
     I/O) and loaded into Redis by the first call that finds it missing.
@@ -161,8 +186,8 @@ class RedisEngine(StockEngine):
         self._run_id_checked = 0.0
         self._sku_keys_memo: dict[str, SkuKeys] = {}
         self._policy_memo: dict[tuple[str, ...], SkuPolicy] = {}
-        self._warehouses_memo: dict[str, tuple[str, ...]] = {}
-        self._read_memo: dict[str, tuple[list[str], tuple[StockLevel, ...], SkuPolicy]] = {}
+        self._sku_reads: dict[str, _SkuRead] = {}
+        self._read_memo: dict[str, _SkuDecoded] = {}
 
     # -- calling scripts -----------------------------------------------------------------
     def _now_arg(self) -> str:
@@ -702,44 +727,53 @@ class RedisEngine(StockEngine):
             return []
         sku_keys = [self._sku_keys(s) for s in skus]
         ready = sorted({sk.ready for sk in sku_keys})
-        memo, read_memo = self._warehouses_memo, self._read_memo
+        memo, read_memo = self._sku_reads, self._read_memo
+        width = len(_RECORD_FIELDS)
         for _ in range(_READ_ATTEMPTS):
-            assumed = [memo.get(s, ()) for s in skus]
+            assumed = [
+                memo.get(s) or self._first_read(s, sk) for s, sk in zip(skus, sku_keys, strict=True)
+            ]
             keys = list(ready)
-            plan = []
-            for sk, whs in zip(sku_keys, assumed, strict=True):
-                keys += (sk.sku, sk.warehouses)
-                keys += [sk.stock_head + wh for wh in whs]
-                plan.append("Hs" + "h" * len(whs))
+            for r in assumed:
+                keys += r.keys
             now, values = await self._read_values(
-                keys, len(ready), "".join(plan), _RECORD_FIELDS, _SKU_READ_FIELDS
+                keys,
+                len(ready),
+                "".join([r.plan for r in assumed]),
+                _RECORD_FIELDS,
+                _SKU_READ_FIELDS,
             )
             result = []
             stale = False
             at = 0
-            width = len(_RECORD_FIELDS)
-            for sku, whs in zip(skus, assumed, strict=True):
+            for sku, sk, r in zip(skus, sku_keys, assumed, strict=True):
+                seen = read_memo.get(sku)
+                if seen is not None and seen.read is r:
+                    # The same values (their count of set members included, so the same
+                    # length) for the same plan: what this SKU decoded to last time.
+                    end = at + len(seen.raw)
+                    if values[at:end] == seen.raw:
+                        at = end
+                        result.append(
+                            SkuAvailability(sku, seen.levels, seen.policy, seen.beyond, now)
+                        )
+                        continue
                 start = at
                 beyond = int(values[at + len(_POLICY_FIELDS)] or 0)
                 at += len(_SKU_READ_FIELDS)
                 count = int(values[at])
                 members = tuple(sorted(values[at + 1 : at + 1 + count]))
                 at += 1 + count
-                end = at + width * len(whs)
-                if members != whs:
+                end = at + width * len(r.warehouses)
+                if members != r.warehouses:
                     stale = True
-                    self._remember_warehouses(sku, members)
+                    self._remember_warehouses(sku, _SkuRead.of(sk, members))
                     at = end
                     continue
-                raw = values[start:end]
-                seen = read_memo.get(sku)
-                if seen is not None and seen[0] == raw:
-                    levels, policy = seen[1], seen[2]
-                else:
-                    levels, policy = self._decode_sku(sku, whs, values, start, at)
-                    if len(read_memo) >= _READ_MEMO_MAX:
-                        read_memo.clear()
-                    read_memo[sku] = (raw, levels, policy)
+                levels, policy = self._decode_sku(sku, r.warehouses, values, start, at)
+                if len(read_memo) >= _READ_MEMO_MAX:
+                    read_memo.clear()
+                read_memo[sku] = _SkuDecoded(r, values[start:end], levels, policy, beyond)
                 at = end
                 result.append(SkuAvailability(sku, levels, policy, beyond, now))
             if not stale:
@@ -758,10 +792,16 @@ class RedisEngine(StockEngine):
         )
         return levels, self._policy(values[start : start + len(_POLICY_FIELDS)])
 
-    def _remember_warehouses(self, sku: str, warehouses: tuple[str, ...]) -> None:
-        if len(self._warehouses_memo) >= _SKU_KEYS_MAX:
-            self._warehouses_memo.clear()
-        self._warehouses_memo[sku] = warehouses
+    def _first_read(self, sku: str, sk: SkuKeys) -> _SkuRead:
+        """A SKU not read before: no warehouses assumed (the read learns its set)."""
+        read = _SkuRead((), (sk.sku, sk.warehouses), "Hs")
+        self._remember_warehouses(sku, read)
+        return read
+
+    def _remember_warehouses(self, sku: str, read: _SkuRead) -> None:
+        if len(self._sku_reads) >= _SKU_KEYS_MAX:
+            self._sku_reads.clear()
+        self._sku_reads[sku] = read
 
     def _policy(self, raw: list[str]) -> SkuPolicy:
         """A SKU's policy from its stored fields ('' = unset), built (and validated) once
