@@ -119,10 +119,20 @@ BULK_PATH = "/v1/availability"
 ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
+def query_values(query_string: bytes, name: str) -> list[str]:
+    """The values of ``name`` in a query string, as Starlette parses it (``parse_qsl``
+    keeping blank values). Without ``%`` or ``+`` nothing needs unquoting, so the string
+    is split directly (``parse_qsl`` unquotes each of a bulk read's up to 500 pairs)."""
+    text = query_string.decode("latin-1")
+    if "%" in text or "+" in text:
+        return [v for k, v in parse_qsl(text, True) if k == name]
+    return [v for k, _, v in (pair.partition("=") for pair in text.split("&") if pair) if k == name]
+
+
 def _bulk_skus(query_string: bytes) -> list[str] | None:
     """The ``sku`` values of a bulk read the route would accept (1..MAX_BULK allow-listed,
     distinct ids), parsed as Starlette parses a query string; else ``None``."""
-    skus = [v for k, v in parse_qsl(query_string.decode("latin-1"), True) if k == "sku"]
+    skus = query_values(query_string, "sku")
     if not 0 < len(skus) <= MAX_BULK or len(set(skus)) != len(skus):
         return None
     fullmatch = ID.fullmatch
