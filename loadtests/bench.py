@@ -7,9 +7,9 @@ a. Redis ceiling: the real ``reserve`` script, driven by ``redis-benchmark``.
 b. Engine: ``RedisEngine.reserve`` from 256 callers in one process, coalesced and not.
 c. HTTP: ``POST /v1/reservations`` through ``onhand serve`` (1 and 2 workers) with wrk,
    next to ``GET /livez``; CPU of the API workers per request; a py-spy profile.
-d. Availability reads over HTTP: one SKU saturated (capacity) and paced at about 6,000
-   reads/s (the latency target: p99 < 5 ms at ≥ 5,000/s); 100 SKUs saturated and
-   paced at about half that rate (``wrk/paced_get.lua``; the latency target).
+d. Availability reads over HTTP: one SKU saturated (capacity) and offered at a fixed
+   5,250 reads/s (the latency target: p99 < 5 ms at ≥ 5,000/s); 100 SKUs saturated and
+   offered at half that rate (``wrk/rate_get.lua``; the latency target).
 e. The textbook Postgres design (``SELECT … FOR UPDATE``, ``UPDATE``, ``INSERT``).
 f. ``onhand writer`` while (c) runs with 2 workers: drain rate and lag.
 (``--only c`` runs c, d and f: they share the servers.)
@@ -82,8 +82,8 @@ PACED_CONNS = 4  # (d) connections of the paced bulk read
 PACED_SHARE = 0.5  # (d) the paced bulk read offers this share of the saturated rate
 SINGLE_PACED_CONNS = 32  # (d) connections of the paced single read
 SINGLE_TARGET = 5_000  # (d) single reads/s at which p99 is judged
-SINGLE_OFFER = 8_000  # (d) the paced single read's pauses alone allow this much; with the
-# reads' own time (≈ 1.5 ms) its connections offer about 6,000/s
+SINGLE_OFFER = 5_250  # (d) the paced single read's fixed offered rate (5 % above the target)
+WRK_THREADS = 2
 
 
 @dataclass(frozen=True)
@@ -739,7 +739,7 @@ async def wrk(
     args: Sequence[str] = (),
     cpu_pids: Sequence[int] = (),
 ) -> WrkResult:
-    argv = ["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", "--latency"]
+    argv = ["wrk", f"-t{WRK_THREADS}", f"-c{conns}", f"-d{seconds}s", "--latency"]
     argv += ["-s", str(WRK_DIR / script)]
     for h in headers:
         argv += ["-H", h]
@@ -1089,17 +1089,18 @@ async def writer_phase(
 
 
 async def paced_wrk(
-    run: Run, server: Server, url: str, conns: int, pause_ms: int, auth: str
+    run: Run, server: Server, url: str, conns: int, rate: float, auth: str
 ) -> WrkResult:
-    """GET ``url`` on ``conns`` connections that each pause ``pause_ms`` between reads."""
+    """GET ``url`` offered at ``rate`` requests/s over ``conns`` connections
+    (``wrk/rate_get.lua``: a schedule of send times, not a pause after each answer)."""
     return await wrk(
         run,
         url,
         run.plan.read_s,
         conns,
-        script="paced_get.lua",
+        script="rate_get.lua",
         headers=[auth],
-        args=[str(pause_ms)],
+        args=[f"{rate:.0f}", str(WRK_THREADS)],
         cpu_pids=server.worker_pids,
     )
 
@@ -1120,19 +1121,16 @@ async def read_phase(run: Run, h: HttpEnv, server: Server, ping: WrkResult) -> N
     bulk = await wrk(
         run, bulk_url, plan.read_s, plan.read_conns, headers=[auth], cpu_pids=server.worker_pids
     )
-    # Latency of a bulk read at half the capacity just measured: connections that pause
-    # between requests (paced_get.lua). Closed-loop at saturation (above), p99 is the
-    # queue of read_conns requests in front of two workers, not the read.
-    offered = bulk.rate * PACED_SHARE
-    pause_ms = max(1, round(PACED_CONNS * 1000 / offered)) if offered > 0 else 1000
-    paced = await paced_wrk(run, server, bulk_url, PACED_CONNS, pause_ms, auth)
+    # Latency of a bulk read offered at half the capacity just measured (rate_get.lua).
+    # Closed-loop at saturation (above), p99 is the queue of read_conns requests in
+    # front of two workers, not the read.
+    offered = max(1.0, bulk.rate * PACED_SHARE)
+    paced = await paced_wrk(run, server, bulk_url, PACED_CONNS, offered, auth)
     # The single-read target is a latency at a given rate (p99 < 5 ms at ≥ 5,000/s):
-    # judged on connections that pause between reads (the pauses alone allow
-    # SINGLE_OFFER/s; with the reads' own time, about 6,000/s), not at saturation,
-    # where p99 is the closed loop's queue.
-    single_pause = max(1, SINGLE_PACED_CONNS * 1000 // SINGLE_OFFER)
+    # judged at a fixed offered rate of SINGLE_OFFER/s, not at saturation, where p99 is
+    # the closed loop's queue.
     single_url = f"{server.url}/v1/skus/{HOT}/availability"
-    single_paced = await paced_wrk(run, server, single_url, SINGLE_PACED_CONNS, single_pause, auth)
+    single_paced = await paced_wrk(run, server, single_url, SINGLE_PACED_CONNS, SINGLE_OFFER, auth)
     run.raw["d"] = {
         "single": asdict(single),
         "single_paced": asdict(single_paced),
@@ -1148,12 +1146,12 @@ async def read_phase(run: Run, h: HttpEnv, server: Server, ping: WrkResult) -> N
             "capacity: the closed loop queues at the workers",
         ),
         (
-            f"d. GET /v1/skus/{{sku}}/availability paced at < {SINGLE_OFFER:,}/s"
-            f" (wrk -c{SINGLE_PACED_CONNS}, {single_pause} ms pause per connection)",
+            f"d. GET /v1/skus/{{sku}}/availability offered at {SINGLE_OFFER:,}/s"
+            f" (wrk -c{SINGLE_PACED_CONNS}, rate_get.lua)",
             single_paced,
             SINGLE_TARGET,
             5.0,
-            f"{single_paced.rate / single.rate:.2f} x the saturated rate" if single.rate else "",
+            f"{single_paced.rate / SINGLE_OFFER:.2f} x offered",
         ),
         (
             f"d. GET /v1/availability?sku=…x100, saturated (wrk -c{plan.read_conns})",
@@ -1163,12 +1161,12 @@ async def read_phase(run: Run, h: HttpEnv, server: Server, ping: WrkResult) -> N
             "capacity: the closed loop queues at the workers",
         ),
         (
-            f"d. GET /v1/availability?sku=…x100 at ≈ {PACED_SHARE:.0%} of that capacity"
-            f" (wrk -c{PACED_CONNS}, {pause_ms} ms pause per connection)",
+            f"d. GET /v1/availability?sku=…x100 offered at {offered:,.0f}/s,"
+            f" {PACED_SHARE:.0%} of that capacity (wrk -c{PACED_CONNS}, rate_get.lua)",
             paced,
             0,
             10.0,
-            f"{paced.rate / bulk.rate:.2f} x the saturated rate" if bulk.rate else "",
+            f"{paced.rate / offered:.2f} x offered",
         ),
     )
     for name, r, rate_target, p99_target, extra in rows:
