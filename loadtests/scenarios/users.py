@@ -465,6 +465,13 @@ class RetryingClient(OnhandUser):
                 f"{replay.status} replayed={replay.replayed}",
             )
             return
+        if done.status == 0:  # no answer: it may have run (then replayed) or not (runs now)
+            self.check(
+                f"{action} retried after no answer runs or replays",
+                replay.status in (200, 409),
+                f"{replay.status} replayed={replay.replayed}",
+            )
+            return
         self.check(
             f"{action} replay is the stored answer",
             replay.replayed and replay.status == done.status and replay.body == done.body,
@@ -474,13 +481,16 @@ class RetryingClient(OnhandUser):
     def _judge(self, answers: list[Answer]) -> Answer | None:
         """The answer that ran; checks that every other one is its replay (or in flight).
 
-        A 503 is not stored (its retry runs again): it counts as neither; the 503 itself
-        is a failed request in the statistics."""
+        A 503 is not stored (its retry runs again) and a request without an answer (a
+        connection closed under it) may or may not have run: neither counts, and each is a
+        failed request in the statistics already."""
         settled = [
-            a for a in answers if a.problem != "idempotency-request-in-flight" and a.status != 503
+            a
+            for a in answers
+            if a.problem != "idempotency-request-in-flight" and a.status not in (0, 503)
         ]
         if not settled:
-            return None  # every answer was a 503: counted as failed requests already
+            return None  # no answer settled anything: counted as failed requests already
         ran = [a for a in settled if not a.replayed]
         OUTCOMES["retry.in_flight"] += sum(
             a.problem == "idempotency-request-in-flight" for a in answers
@@ -488,7 +498,8 @@ class RetryingClient(OnhandUser):
         if not self.check(
             "one Idempotency-Key, one execution",
             len(ran) == 1,
-            f"{len(ran)} of {len(answers)} answers ran: {[a.status for a in answers]}",
+            f"{len(ran)} of {len(answers)} answers ran: "
+            f"{[(a.status, 'replayed' if a.replayed else a.problem) for a in answers]}",
         ):
             return None
         first = ran[0]
