@@ -271,6 +271,7 @@ def serve(
         workers=workers or settings.api_workers,
         loop="uvloop",
         http="onhand.api.protocol:OneWriteHttpToolsProtocol",
+        timeout_keep_alive=settings.api_keep_alive_s,
         access_log=False,
         server_header=False,
         lifespan="on",  # a failed startup stops the server instead of serving without it

@@ -47,6 +47,13 @@ class Settings(BaseSettings):
     api_host: str = Field(default="127.0.0.1", description="Address `onhand serve` binds.")
     api_port: int = Field(default=8000, ge=0, le=65535)
     api_workers: int = Field(default=1, ge=1, le=64)
+    api_keep_alive_s: int = Field(
+        default=75,
+        ge=1,
+        le=3_600,
+        description="Seconds an idle keep-alive connection stays open (longer than the "
+        "idle timeout of clients' pools and load balancers, so they close first).",
+    )
     hold_ttl_ms: int = Field(default=600_000, ge=1_000, le=86_400_000)
     max_body_bytes: int = Field(default=262_144, ge=1_024, le=16_777_216)
     client_max_line_qty: int = Field(
