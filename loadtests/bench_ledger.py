@@ -1,6 +1,6 @@
 """Benchmarks of the durable ledger: drain rate, lag under load, rehydrate at scale.
 
-    python -m loadtests.bench_ledger [--quick] [--only drain|lag|rehydrate] [--json FILE]
+    python -m loadtests.bench_ledger [--quick] [--only drain|lag|confirm|rehydrate] [--json FILE]
 
 Needs a Redis and a PostgreSQL (``ONHAND_BENCH_REDIS_URL``,
 ``ONHAND_BENCH_PG_ADMIN_URL``; defaults: the local servers). Works in its own Redis
@@ -20,6 +20,8 @@ import resource
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -40,6 +42,7 @@ from onhand.engine.memory import MemoryEngine
 from onhand.engine.redis import RedisEngine, connect
 from onhand.errors import InsufficientStock
 from onhand.keys import Keys
+from onhand.ledger.barrier import DurableConfirms
 from onhand.ledger.migrate import asyncpg_dsn
 from onhand.ledger.rows import MOVEMENT_COLUMNS, build_batch, parse_stream_id
 from onhand.ledger.store import LedgerStore
@@ -210,14 +213,17 @@ async def _baseline(
         await conn.close()
 
 
-async def bench_lag(report: Report, seconds: float, concurrency: int) -> None:
-    """Writer lag while reserve + confirm load runs: the writer is its own process, as
-    deployed (``onhand writer``); the load runs here."""
+@asynccontextmanager
+async def _ledger_under_load(
+    concurrency: int, pool_size: int
+) -> AsyncIterator[tuple[RedisEngine, LedgerStore, redis.asyncio.Redis, list[str]]]:
+    """A namespace with 1,000 SKUs of ample stock, a scratch database, and ``onhand
+    writer`` draining them as its own process (as deployed); removed afterwards."""
     namespace = f"bench{uuid.uuid4().hex[:8]}"
     client = connect(REDIS_URL, max_connections=concurrency + 8)
     try:
         async with scratch_database() as db:
-            store = await LedgerStore.open(asyncpg_dsn(db), max_size=2)
+            store = await LedgerStore.open(asyncpg_dsn(db), max_size=pool_size)
             engine = RedisEngine(client, namespace=namespace, partitions=PARTITIONS)
             await engine.mark_ready(0)
             skus = [f"S{i}" for i in range(1_000)]
@@ -242,50 +248,104 @@ async def bench_lag(report: Report, seconds: float, concurrency: int) -> None:
                 stderr=asyncio.subprocess.DEVNULL,
             )
             try:
-                stop = time.monotonic() + seconds
-                done = 0
-                rng = random.Random(3)
-
-                async def load() -> None:
-                    nonlocal done
-                    while time.monotonic() < stop:
-                        rid = uuid.uuid4().hex
-                        line = Line(rng.choice(skus), 1, ("W1",))
-                        try:
-                            await engine.reserve(ReserveRequest(rid, (line,), 60_000))
-                            await engine.confirm(rid)
-                        except InsufficientStock:
-                            pass
-                        done += 1
-
-                lags: list[float] = []
-
-                async def sample() -> None:
-                    await asyncio.sleep(1.0)  # let the writer start
-                    while time.monotonic() < stop:
-                        lags.append(await _lag_seconds(client, store, engine.keys))
-                        await asyncio.sleep(0.1)
-
-                started = time.perf_counter()
-                await asyncio.gather(sample(), *(load() for _ in range(concurrency)))
-                rate = done / (time.perf_counter() - started)
+                yield engine, store, client, skus
             finally:
                 writer.terminate()
                 await writer.wait()
                 await store.close()
-            report.add("sustained load during the lag run (reserve + confirm)", rate, "orders/s")
-            report.add("writer lag p50", percentile(lags, 50) * 1000, "ms")
-            report.add(
-                "writer lag p99",
-                percentile(lags, 99) * 1000,
-                "ms",
-                "< 1,000 ms",
-                percentile(lags, 99) < 1.0,
-            )
-            report.add("writer lag max", max(lags) * 1000, "ms")
     finally:
         await client.aclose()
         delete_namespace(namespace)
+
+
+async def bench_lag(report: Report, seconds: float, concurrency: int) -> None:
+    """Writer lag while reserve + confirm load runs: the writer is its own process, as
+    deployed (``onhand writer``); the load runs here."""
+    async with _ledger_under_load(concurrency, pool_size=2) as (engine, store, client, skus):
+        stop = time.monotonic() + seconds
+        done = 0
+        rng = random.Random(3)
+
+        async def load() -> None:
+            nonlocal done
+            while time.monotonic() < stop:
+                rid = uuid.uuid4().hex
+                line = Line(rng.choice(skus), 1, ("W1",))
+                try:
+                    await engine.reserve(ReserveRequest(rid, (line,), 60_000))
+                    await engine.confirm(rid)
+                except InsufficientStock:
+                    pass
+                done += 1
+
+        lags: list[float] = []
+
+        async def sample() -> None:
+            await asyncio.sleep(1.0)  # let the writer start
+            while time.monotonic() < stop:
+                lags.append(await _lag_seconds(client, store, engine.keys))
+                await asyncio.sleep(0.1)
+
+        started = time.perf_counter()
+        await asyncio.gather(sample(), *(load() for _ in range(concurrency)))
+        rate = done / (time.perf_counter() - started)
+    report.add("sustained load during the lag run (reserve + confirm)", rate, "orders/s")
+    report.add("writer lag p50", percentile(lags, 50) * 1000, "ms")
+    report.add(
+        "writer lag p99",
+        percentile(lags, 99) * 1000,
+        "ms",
+        "< 1,000 ms",
+        percentile(lags, 99) < 1.0,
+    )
+    report.add("writer lag max", max(lags) * 1000, "ms")
+
+
+async def bench_confirms(report: Report, seconds: float, concurrency: int) -> None:
+    """Orders (reserve, then confirm) per second through the durable confirm barrier
+    (``DurableConfirms``, as the API confirms), next to two baselines in the same run:
+    the Redis-only ``engine.confirm`` (the ceiling: no Postgres on the confirm's path)
+    and the barrier writing one confirm per transaction (``max_group=1``, how it wrote
+    before group commit). ``concurrency`` callers; the writer drains alongside. Each
+    mode runs twice, alternated; the figures are over both runs."""
+    async with _ledger_under_load(concurrency, pool_size=4) as (engine, store, _, skus):
+        modes: dict[str, Callable[[str], Awaitable[object]]] = {
+            "Redis only (engine.confirm)": engine.confirm,
+            "barrier, one confirm per transaction": DurableConfirms(
+                engine, store, max_group=1
+            ).confirm,
+            "barrier, group commit (as shipped)": DurableConfirms(engine, store).confirm,
+        }
+        latencies: dict[str, list[float]] = {m: [] for m in modes}
+        elapsed: dict[str, float] = dict.fromkeys(modes, 0.0)
+        rng = random.Random(5)
+
+        async def load(mode: str, stop: float) -> None:
+            confirm, lat = modes[mode], latencies[mode]
+            while time.monotonic() < stop:
+                rid = uuid.uuid4().hex
+                line = Line(rng.choice(skus), 1, ("W1",))
+                await engine.reserve(ReserveRequest(rid, (line,), 60_000))
+                began = time.perf_counter()
+                await confirm(rid)
+                lat.append(time.perf_counter() - began)
+
+        for _ in range(2):
+            for mode in modes:
+                stop = time.monotonic() + seconds / 2
+                started = time.perf_counter()
+                await asyncio.gather(*(load(mode, stop) for _ in range(concurrency)))
+                elapsed[mode] += time.perf_counter() - started
+                await asyncio.sleep(1.0)  # let the writer catch up between modes
+    rates = {m: len(latencies[m]) / elapsed[m] for m in modes}
+    redis_only, one_each, grouped = rates.values()
+    for mode, rate in rates.items():
+        lat = [x * 1000 for x in latencies[mode]]
+        note = f"confirm p50 {percentile(lat, 50):.1f} / p99 {percentile(lat, 99):.1f} ms"
+        if mode.endswith("(as shipped)"):
+            note += f"; {grouped / one_each:.1f} x one per transaction"
+            note += f", {grouped / redis_only:.2f} x Redis only"
+        report.add(f"orders/s, {concurrency} callers, confirm: {mode}", rate, "orders/s", note=note)
 
 
 async def _lag_seconds(client: redis.asyncio.Redis, store: LedgerStore, keys: Keys) -> float:
@@ -421,7 +481,9 @@ async def main(argv: list[str] | None = None) -> int:
         help="the writer's batch (and the baseline's chunk) in the drain benchmark",
     )
     parser.add_argument(
-        "--only", choices=("drain", "lag", "rehydrate"), help="run one benchmark (default: all)"
+        "--only",
+        choices=("drain", "lag", "confirm", "rehydrate"),
+        help="run one benchmark (default: all)",
     )
     args = parser.parse_args(argv)
     report = Report("Durable ledger")
@@ -431,6 +493,8 @@ async def main(argv: list[str] | None = None) -> int:
         await bench_drain(report, 50_000 if quick else 200_000, args.batch)
     if args.only in (None, "lag"):
         await bench_lag(report, 10 if quick else 30, 32)
+    if args.only in (None, "confirm"):
+        await bench_confirms(report, 8 if quick else 20, 64)
     if args.only in (None, "rehydrate"):
         await bench_rehydrate(report, 100_000 if quick else 1_000_000, 10_000 if quick else 100_000)
     print(report.table())

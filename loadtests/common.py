@@ -128,9 +128,14 @@ class Report:
         return fig
 
     def table(self) -> str:
-        lines = [f"## {self.title}", "", "| figure | value | target | met |", "|---|---|---|---|"]
+        lines = [
+            f"## {self.title}",
+            "",
+            "| figure | value | target | met | notes |",
+            "|---|---|---|---|---|",
+        ]
         for f in self.figures:
             met = "" if f.met is None else ("yes" if f.met else "**NO**")
             value = f"{f.value:,.1f} {f.unit}" if f.value == f.value else "n/a"
-            lines.append(f"| {f.name} | {value} | {f.target} | {met} |")
+            lines.append(f"| {f.name} | {value} | {f.target} | {met} | {f.note} |")
         return "\n".join(lines)
