@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 
 import pytest
@@ -203,3 +204,25 @@ async def test_a_confirm_that_postgres_did_not_take_is_not_acknowledged(
         confirms = DurableConfirms(stack.engine, stack.store, timeout_ms=200)
         with pytest.raises(EngineUnavailable, match="not yet durable"):
             await confirms.confirm(rid)
+
+
+async def test_a_new_deployment_is_opened_without_a_restart_warning(
+    redis_url: str, database_url: str, namespace: str, caplog: pytest.LogCaptureFixture
+):
+    """An empty ledger and an unstamped namespace: the first start, not a lost Redis."""
+    async with open_stack(redis_url, database_url, namespace, stamp=False) as stack:
+        with caplog.at_level(logging.INFO, logger="onhand.ledger.fencing"):
+            assert await verify_and_reopen(stack.engine, stack.store) is Verdict.REOPENED
+        assert [r.levelno for r in caplog.records] == [logging.INFO]
+        assert "new deployment" in caplog.text
+        assert await stack.fetchval("SELECT reason FROM redis_epochs") == "first start"
+        sku, wh = new_id("s"), new_id("w")
+        await stack.engine.receive(sku, wh, 1)  # open for business
+        await stack.drain()
+    async with open_stack(redis_url, database_url, namespace, stamp=False) as stack:
+        keys = stack.engine.keys
+        await stack.client.unlink(*(keys.ready(p) for p in range(keys.partitions)))  # fenced
+        with caplog.at_level(logging.INFO, logger="onhand.ledger.fencing"):
+            caplog.clear()
+            assert await verify_and_reopen(stack.engine, stack.store) is Verdict.REOPENED
+        assert [r.levelno for r in caplog.records] == [logging.WARNING]
