@@ -29,8 +29,14 @@ from onhand.engine.scripts import Scripts
 from tests.conftest import delete_namespace
 from tests.integration.support import PARTITIONS, dump_namespace
 
-T0 = (int(time.time()) // 3600 + 1) * 3_600_000
-"""The next full hour: a fixed clock near the server's, whose key expiries are absolute."""
+
+def next_full_hour_ms() -> int:
+    """A fixed clock near the server's, ahead of it: key expiries are absolute (Redis
+    time), so each test takes it when it starts. (Taken once at import, it had passed
+    when a suite that crossed the hour reached these tests: keys expired at once.)"""
+    return (int(time.time()) // 3600 + 1) * 3_600_000
+
+
 CLIENT = "shop"
 FP = "fe" * 32
 
@@ -40,6 +46,7 @@ class World:
 
     def __init__(self, client: redis.asyncio.Redis, namespace: str, clock: ManualClock) -> None:
         self.client, self.namespace, self.clock = client, namespace, clock
+        self.t0 = clock.now_ms
         self.engine = RedisEngine(client, namespace=namespace, partitions=PARTITIONS, clock=clock)
         self.idem = Idempotency(self.engine, ttl_ms=3_600_000, lock_ms=30_000)
         self.scripts = Scripts(client)
@@ -101,7 +108,7 @@ def _order(rid: str, *lines: Line, ttl_ms: int = 60_000) -> ReserveRequest:
 async def worlds(
     redis_client: redis.asyncio.Redis, redis_url: str, namespace: str
 ) -> AsyncIterator[tuple[World, World]]:
-    clock = ManualClock(T0)
+    clock = ManualClock(next_full_hour_ms())
     names = (f"{namespace}x", f"{namespace}y")
     try:
         yield tuple([await World(redis_client, n, clock).seed() for n in names])  # type: ignore[misc]
@@ -142,7 +149,7 @@ async def test_a_key_with_a_record_answers_found_and_changes_nothing(
     stored = await world.client.get(world.idem.record_key(CLIENT, "k"))
     before = await dump_namespace(world.client, world.namespace)
     again = await world.hold("k", _order("o2", Line("A", 1, ("W1",))))
-    assert again == [b"FOUND", str(T0).encode(), stored]
+    assert again == [b"FOUND", str(world.t0).encode(), stored]
     assert await dump_namespace(world.client, world.namespace) == before
 
 
@@ -154,7 +161,7 @@ async def test_a_client_at_its_limit_gets_full_and_only_a_pending_record(
     world.clock.advance(1_000)
     level = await world.engine.stock_level("A", "W1")
     reply = await world.hold("k2", _order("o2", Line("A", 1, ("W1",))), limit=1)
-    assert reply == [b"FULL", str(T0 + 1_000).encode(), b"59000"]  # o1's slot ends at T0+60s
+    assert reply == [b"FULL", str(world.t0 + 1_000).encode(), b"59000"]  # o1's slot ends at t0+60s
     assert await world.client.get(world.idem.record_key(CLIENT, "k2")) == f"P|{FP}|tok".encode()
     assert await world.engine.stock_level("A", "W1") == level
     slots = await world.client.zrange(world.engine.keys.client_holds(CLIENT), 0, -1)
@@ -169,7 +176,7 @@ async def test_a_verdict_is_passed_on_with_a_pending_record_and_no_slot(
 ) -> None:
     world, _ = worlds
     short = await world.hold("k1", _order("o1", Line("A", 100, ("W1", "W2"), allow_split=True)))
-    assert short == [b"SHORT", str(T0).encode(), b"A", b"100", b"9"]
+    assert short == [b"SHORT", str(world.t0).encode(), b"A", b"100", b"9"]
     assert await world.hold("k2", _order("o2", Line("A", 1, ("W1",)))) != []
     repeat = await world.hold("k3", _order("o2", Line("A", 1, ("W1",))))
     assert repeat[0] == b"REPLAY"
@@ -186,12 +193,16 @@ async def test_a_bad_order_or_a_fenced_partition_changes_nothing(
     before = await dump_namespace(world.client, world.namespace)
     keys, args = world.hold_args("k1", _order("o1", Line("A", 1, ("W1",))))
     args[11] = "0"  # the order's ttl_ms (hold's ARGV[12])
-    assert await world.scripts["hold"](keys=keys, args=args) == [b"BADARG", str(T0).encode(), b"12"]
+    assert await world.scripts["hold"](keys=keys, args=args) == [
+        b"BADARG",
+        str(world.t0).encode(),
+        b"12",
+    ]
     keys, args = world.hold_args("k1", _order("o1", Line("A", 1, ("W1",))))
     args[6] = "/v1/reservations"  # the location prefix must end in '/'
     assert (await world.scripts["hold"](keys=keys, args=args))[:3] == [
         b"BADARG",
-        str(T0).encode(),
+        str(world.t0).encode(),
         b"7",
     ]
     assert await dump_namespace(world.client, world.namespace) == before
