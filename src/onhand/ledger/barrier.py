@@ -66,9 +66,8 @@ def _settle(group: list[tuple[Confirmation, asyncio.Future[None]]], exc: Excepti
             done.set_result(None)
         elif isinstance(exc, (*TRANSIENT_PG, EngineUnavailable)):
             rid = confirmation.reservation.reservation_id
-            failure = EngineUnavailable(
-                f"confirm of {rid} is not yet durable (Postgres: {exc}); retry"
-            )
+            why = exc if isinstance(exc, EngineUnavailable) else f"Postgres: {exc}"
+            failure = EngineUnavailable(f"confirm of {rid} is not yet durable ({why}); retry")
             failure.__cause__ = exc
             done.set_exception(failure)
         else:
@@ -135,7 +134,7 @@ class DurableConfirms:
         finally:
             self._flusher = None
             # only if this task was cancelled (shutdown): nobody may wait forever
-            _settle(group + self._waiting, EngineUnavailable("the write was cancelled"))
+            _settle(group + self._waiting, EngineUnavailable("its write was cancelled"))
             self._waiting.clear()
 
     async def _flush(self, group: list[tuple[Confirmation, asyncio.Future[None]]]) -> None:

@@ -69,12 +69,13 @@ async def verify_and_reopen(engine: RedisEngine, store: LedgerStore) -> Verdict:
         )
         return Verdict.NEEDS_REHYDRATE
     run_id = str((await engine.client.info("server"))["run_id"])
-    if all(pos == (0, 0) for pos in ledger.values()):  # nothing recorded: a new deployment
-        epoch = await store.new_epoch(run_id, "first start")
-        await engine.mark_ready(epoch)
-        logger.info("the ledger is empty (a new deployment): Redis opened with epoch %d", epoch)
-        return Verdict.REOPENED
-    epoch = await store.new_epoch(run_id, "verified after restart")
+    new_deployment = all(pos == (0, 0) for pos in ledger.values())  # nothing recorded yet
+    epoch = await store.new_epoch(
+        run_id, "first start" if new_deployment else "verified after restart"
+    )
     await engine.mark_ready(epoch)
-    logger.warning("Redis restarted without losing ledger data; reopened with epoch %d", epoch)
+    if new_deployment:
+        logger.info("the ledger is empty (a new deployment): Redis opened with epoch %d", epoch)
+    else:
+        logger.warning("Redis restarted without losing ledger data; reopened with epoch %d", epoch)
     return Verdict.REOPENED
