@@ -25,18 +25,68 @@ from onhand.ledger.rows import MOVEMENT_COLUMNS, STAGE_COLUMNS, Batch, Staged
 __all__ = ["ApplyResult", "LedgerStore"]
 
 _COLS = ", ".join(MOVEMENT_COLUMNS)
-_TEMP = f"""
-CREATE TEMP TABLE IF NOT EXISTS tmp_movements
-    AS SELECT {_COLS} FROM movements WITH NO DATA;
-"""
-_INSERT_MOVEMENTS = f"""
-INSERT INTO movements ({_COLS}) SELECT {_COLS} FROM tmp_movements
+MOVEMENT_TYPES = {
+    "event_id": "text",
+    "partition": "smallint",
+    "stream_ms": "bigint",
+    "stream_seq": "bigint",
+    "type": "text",
+    "at_ms": "bigint",
+    "sku": "text",
+    "warehouse": "text",
+    "d_on_hand": "bigint",
+    "d_held": "bigint",
+    "d_committed": "bigint",
+    "on_hand": "bigint",
+    "held": "bigint",
+    "committed": "bigint",
+    "safety_stock": "bigint",
+    "version": "bigint",
+    "low": "boolean",
+    "beyond": "bigint",
+    "reservation_id": "text",
+    "line": "integer",
+    "deadline_ms": "bigint",
+    "max_deadline_ms": "bigint",
+    "fingerprint": "text",
+    "owner": "text",
+    "reason": "text",
+    "reference": "text",
+    "actor": "text",
+    "policy": "text",
+}
+"""Postgres type of each ``movements`` column (``tables.movements``), by name: the element
+types of the arrays :meth:`LedgerStore.apply` sends the rows as."""
+_N = len(MOVEMENT_COLUMNS)
+_ARRAYS = ", ".join(f"${i + 1}::{MOVEMENT_TYPES[c]}[]" for i, c in enumerate(MOVEMENT_COLUMNS))
+# One statement (the partitions' watermarks and positions in CTEs): one round trip.
+_MOVEMENTS = f"""
+WITH w AS (
+    INSERT INTO stream_watermarks (partition, stream_ms, stream_seq)
+    SELECT * FROM unnest(${_N + 1}::smallint[], ${_N + 2}::bigint[], ${_N + 3}::bigint[])
+    ON CONFLICT (partition) DO UPDATE SET
+        stream_ms = EXCLUDED.stream_ms, stream_seq = EXCLUDED.stream_seq, updated_at = now()
+    WHERE (stream_watermarks.stream_ms, stream_watermarks.stream_seq)
+        < (EXCLUDED.stream_ms, EXCLUDED.stream_seq)
+), p AS (
+    INSERT INTO stream_positions (partition, stream_ms, stream_seq)
+    SELECT * FROM unnest(${_N + 4}::smallint[], ${_N + 5}::bigint[], ${_N + 6}::bigint[])
+    ON CONFLICT (partition) DO UPDATE SET
+        stream_ms = EXCLUDED.stream_ms, stream_seq = EXCLUDED.stream_seq
+    WHERE (stream_positions.stream_ms, stream_positions.stream_seq)
+        < (EXCLUDED.stream_ms, EXCLUDED.stream_seq)
+)
+INSERT INTO movements ({_COLS}) SELECT * FROM unnest({_ARRAYS})
 ON CONFLICT (event_id) DO NOTHING
 """
+# A statement of its own: it sees the rows the insert added and those it found in place.
 _DIVERGENT = """
-SELECT t.event_id FROM tmp_movements t JOIN movements m USING (event_id)
+SELECT u.event_id
+FROM unnest($1::text[], $2::smallint[], $3::bigint[], $4::bigint[])
+    AS u(event_id, partition, stream_ms, stream_seq)
+JOIN movements m USING (event_id)
 WHERE (m.partition, m.stream_ms, m.stream_seq) IS DISTINCT FROM
-      (t.partition, t.stream_ms, t.stream_seq)
+      (u.partition, u.stream_ms, u.stream_seq)
 """
 _LEVELS = """
 INSERT INTO stock_levels
@@ -49,7 +99,13 @@ ON CONFLICT (sku, warehouse) DO UPDATE SET
     updated_ms = EXCLUDED.updated_ms
 WHERE stock_levels.version < EXCLUDED.version
 """
+# The allocations go in the same statement (a CTE: a table of its own, one round trip).
 _CREATE_RESERVATIONS = """
+WITH a AS (
+    INSERT INTO reservation_allocations (reservation_id, line, warehouse, sku, qty)
+    SELECT * FROM unnest($10::text[], $11::int[], $12::text[], $13::text[], $14::bigint[])
+    ON CONFLICT DO NOTHING
+)
 INSERT INTO reservations (reservation_id, status, status_rank, owner, fingerprint,
                           created_ms, deadline_ms, max_deadline_ms, extensions, updated_ms)
 SELECT id, st, rank, own, fp, cr, dl, cap, 0, up
@@ -58,11 +114,6 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::
      AS u(id, own, fp, cr, dl, cap, st, rank, up)
 ON CONFLICT (reservation_id) DO NOTHING
 RETURNING reservation_id
-"""
-_ALLOCATIONS = """
-INSERT INTO reservation_allocations (reservation_id, line, warehouse, sku, qty)
-SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::bigint[])
-ON CONFLICT DO NOTHING
 """
 _STATUSES = """
 UPDATE reservations r
@@ -89,26 +140,6 @@ ON CONFLICT (sku) DO UPDATE SET
     policy_version = EXCLUDED.policy_version, updated_ms = EXCLUDED.updated_ms
 WHERE sku_policies.policy_version < EXCLUDED.policy_version
 """
-_WATERMARKS = """
-INSERT INTO stream_watermarks (partition, stream_ms, stream_seq)
-SELECT * FROM unnest($1::smallint[], $2::bigint[], $3::bigint[])
-ON CONFLICT (partition) DO UPDATE SET
-    stream_ms = EXCLUDED.stream_ms, stream_seq = EXCLUDED.stream_seq, updated_at = now()
-WHERE (stream_watermarks.stream_ms, stream_watermarks.stream_seq)
-    < (EXCLUDED.stream_ms, EXCLUDED.stream_seq)
-"""
-
-
-_POSITIONS = """
-INSERT INTO stream_positions (partition, stream_ms, stream_seq)
-SELECT * FROM unnest($1::smallint[], $2::bigint[], $3::bigint[])
-ON CONFLICT (partition) DO UPDATE SET
-    stream_ms = EXCLUDED.stream_ms, stream_seq = EXCLUDED.stream_seq
-WHERE (stream_positions.stream_ms, stream_positions.stream_seq)
-    < (EXCLUDED.stream_ms, EXCLUDED.stream_seq)
-"""
-
-
 # -- the writer's fast path: every row and projection derived from the staging table ----
 # ``tmp_stream_entries`` holds the stream fields as they are on the stream (NULL: absent).
 # Each statement below gives exactly what ``build_batch`` + ``_apply`` give for the same
@@ -169,7 +200,11 @@ SELECT event_id, partition, stream_ms, stream_seq, type, at_ms, coalesce(sku, ''
 FROM (SELECT *, type NOT IN {_NO_LEVELS_SQL} AS lv FROM {_STAGE_TABLE}) s
 ON CONFLICT (event_id) DO NOTHING
 """
-_STAGED_DIVERGENT = _DIVERGENT.replace("tmp_movements", _STAGE_TABLE)
+_STAGED_DIVERGENT = f"""
+SELECT t.event_id FROM {_STAGE_TABLE} t JOIN movements m USING (event_id)
+WHERE (m.partition, m.stream_ms, m.stream_seq) IS DISTINCT FROM
+      (t.partition, t.stream_ms, t.stream_seq)
+"""
 _STAGED_LEVELS = f"""
 INSERT INTO stock_levels
     (sku, warehouse, on_hand, held, committed, safety_stock, version, low, updated_ms)
@@ -390,6 +425,7 @@ class LedgerStore:
         async with self.pool.acquire() as conn, conn.transaction():
             if write_through:
                 await conn.execute(WRITE_THROUGH_LOCK)
+                lock_reservations = False  # the exclusive lock covers it
             elif lock_reservations:
                 await conn.execute(WRITER_SHARED_LOCK)
             return await self._apply(conn, batch, lock_reservations=lock_reservations)
@@ -427,15 +463,15 @@ class LedgerStore:
         divergent: tuple[str, ...] = ()
         inserted = 0
         if batch.movements:
-            await conn.execute(_TEMP)
-            await conn.execute("TRUNCATE tmp_movements")
-            await conn.copy_records_to_table(
-                "tmp_movements", records=batch.movements, columns=MOVEMENT_COLUMNS
+            rows = _columns(batch.movements, _N)
+            marks = [(p, ms, seq) for p, (ms, seq) in batch.watermarks.items()]
+            positions = [(p, ms, seq) for p, (ms, seq) in batch.positions.items()]
+            status = await conn.execute(
+                _MOVEMENTS, *rows, *_columns(marks, 3), *_columns(positions, 3)
             )
-            status = await conn.execute(_INSERT_MOVEMENTS)
             inserted = int(status.rsplit(" ", 1)[1])
             if inserted < len(batch.movements):
-                divergent = tuple(r[0] for r in await conn.fetch(_DIVERGENT))
+                divergent = tuple(r[0] for r in await conn.fetch(_DIVERGENT, *rows[:4]))
         if batch.levels:
             levels: list[tuple[Any, ...]] = [
                 (
@@ -478,13 +514,14 @@ class LedgerStore:
                         max(at, e.at_ms),
                     )
                 )
-            inserted_rows = await conn.fetch(_CREATE_RESERVATIONS, *_columns(created, 9))
-            for row in inserted_rows:
-                statuses_left.pop(row[0], None)
             allocs = [
                 (rid, ln, wh, sku, q) for (rid, ln, wh), (sku, q) in batch.allocations.items()
             ]
-            await conn.execute(_ALLOCATIONS, *_columns(allocs, 5))
+            inserted_rows = await conn.fetch(
+                _CREATE_RESERVATIONS, *_columns(created, 9), *_columns(allocs, 5)
+            )
+            for row in inserted_rows:
+                statuses_left.pop(row[0], None)
         if statuses_left:
             statuses = [(r, s.value, STATUS_RANK[s], at) for r, (s, at) in statuses_left.items()]
             await conn.execute(_STATUSES, *_columns(statuses, 4))
@@ -497,12 +534,6 @@ class LedgerStore:
                 for sku, e in batch.policies.items()
             ]
             await conn.execute(_POLICIES, *_columns(policies, 10))
-        if batch.watermarks:
-            marks = [(p, ms, seq) for p, (ms, seq) in batch.watermarks.items()]
-            await conn.execute(_WATERMARKS, *_columns(marks, 3))
-        if batch.positions:
-            positions = [(p, ms, seq) for p, (ms, seq) in batch.positions.items()]
-            await conn.execute(_POSITIONS, *_columns(positions, 3))
         return ApplyResult(inserted, len(batch.movements) - inserted, divergent)
 
     # -- failures ------------------------------------------------------------------------
