@@ -406,10 +406,11 @@ PLANNING = {"plan_cache_mode": "force_custom_plan"}
 """Session settings of every connection :meth:`LedgerStore.open` makes. asyncpg keeps
 each statement prepared, and Postgres may then reuse one plan for it, made when the
 ledger's tables were small: a plan that hashed an empty ``movements`` table reads the
-whole table on every later execution (118 ms per writer batch at 300,000 movements,
-against 0.07 ms planned afresh) until an ``ANALYZE`` happens to invalidate it. The
-tables grow from nothing to millions of rows under one long-lived process, so every
-statement with parameters is planned for the tables as they are when it runs."""
+whole table on every later execution until an ``ANALYZE`` happens to invalidate it
+(docs/architecture.md, "Plans follow the tables", has the figures). The tables grow
+from nothing to millions of rows under one long-lived process, so every statement with
+parameters is planned for the tables as they are when it runs. (A statement without
+parameters keeps its first plan whatever this says: give it one.)"""
 
 
 class LedgerStore:
