@@ -146,36 +146,8 @@ WHERE sku_policies.policy_version < EXCLUDED.policy_version
 # entries: the same defaults (an absent number is 0, ``line`` -1), the same NULLs in
 # ``movements``, the same winners where several events of a batch touch one row (highest
 # version / rank, the earliest entry on ties; the latest allocation), the same guards.
-_STAGE_TYPES = {
-    "partition": "smallint",
-    "stream_ms": "bigint",
-    "stream_seq": "bigint",
-    "event_id": "text",
-    "type": "text",
-    "at_ms": "bigint",
-    "sku": "text",
-    "warehouse": "text",
-    "d_on_hand": "bigint",
-    "d_held": "bigint",
-    "d_committed": "bigint",
-    "on_hand": "bigint",
-    "held": "bigint",
-    "committed": "bigint",
-    "safety_stock": "bigint",
-    "version": "bigint",
-    "low": "bigint",
-    "beyond": "bigint",
-    "reservation_id": "text",
-    "line": "integer",
-    "deadline_ms": "bigint",
-    "max_deadline_ms": "bigint",
-    "fingerprint": "text",
-    "owner": "text",
-    "reason": "text",
-    "reference": "text",
-    "actor": "text",
-    "policy": "text",
-}
+# The staging table's columns: a movement's, with ``low`` as the stream has it (0 or 1).
+_STAGE_TYPES = {**MOVEMENT_TYPES, "low": "bigint"}
 _STAGE_TABLE = "tmp_stream_entries"
 # ON COMMIT DELETE ROWS: empty at the start of every transaction (a rollback removes
 # what it copied), without a TRUNCATE (a new file and a catalog update) per batch
