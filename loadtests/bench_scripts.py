@@ -89,21 +89,24 @@ def base_scripts(ref: str) -> ModuleType:
     return module
 
 
-def reserve_command(scripts: ModuleType, client: object) -> list[str]:
+def reserve_command(scripts: ModuleType, client: object) -> tuple[list[str], str | None]:
     """How ``scripts`` (a revision's ``onhand.engine.scripts``) runs ``reserve``: FCALL of
-    its function library if it has one (loaded here), else EVALSHA of its EVAL script."""
+    its function library if it has one (loaded here), else EVALSHA of its EVAL script;
+    and the name of the library if this call loaded it (the caller deletes it after)."""
     import redis
 
     assert isinstance(client, redis.Redis)
     if hasattr(scripts, "library_source"):
         library = scripts.library_source()
+        loaded: str | None = library.name
         try:
             client.execute_command("FUNCTION", "LOAD", library.source)  # type: ignore[no-untyped-call]
         except redis.ResponseError as exc:
             if "already exists" not in str(exc):
                 raise
-        return ["FCALL", library.functions["reserve"]]
-    return ["EVALSHA", client.script_load(scripts.script_source("reserve"))]
+            loaded = None  # someone else's: theirs to keep
+        return ["FCALL", library.functions["reserve"]], loaded
+    return ["EVALSHA", client.script_load(scripts.script_source("reserve"))], None
 
 
 def redis_benchmark(command: list[str], keys: list[str], argv: list[str], n: int) -> float:
@@ -258,10 +261,11 @@ def main() -> None:
     import redis
 
     sync = redis.Redis.from_url(REDIS_URL)
-    commands = {
-        "base": reserve_command(base_scripts(opts.base), sync),
-        "new": reserve_command(new_scripts, sync),
-    }
+    commands: dict[str, list[str]] = {}
+    libraries: list[str] = []  # loaded by this run: deleted at the end
+    for version, scripts in (("base", base_scripts(opts.base)), ("new", new_scripts)):
+        commands[version], library = reserve_command(scripts, sync)
+        libraries += [library] if library else []
     tag = uuid.uuid4().hex[:6]
     spaces = {v: f"hbS{tag}{v}" for v in commands}
     calls = dict.fromkeys(commands, 0)
@@ -304,6 +308,8 @@ def main() -> None:
     finally:
         for ns in spaces.values():
             delete_namespace(ns)
+        for library in libraries:
+            sync.execute_command("FUNCTION", "DELETE", library)  # type: ignore[no-untyped-call]
         sync.close()
 
     def med(v: str, i: int) -> float:
