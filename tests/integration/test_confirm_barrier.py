@@ -127,17 +127,42 @@ async def test_a_confirm_the_ledger_refuses_fails_alone_and_the_rest_of_its_grou
         assert len(store.groups) < 10 + 10  # grouped first, then each alone once
 
 
-async def test_a_confirm_whose_caller_went_away_is_still_written(
+class GatedStore(LedgerStore):
+    """The real store; a batch holding ``held`` waits for ``gate`` (a slow Postgres),
+    and ``entered`` says it has started."""
+
+    def __init__(self, pool: asyncpg.Pool, held: str) -> None:
+        super().__init__(pool)
+        self.held = held
+        self.entered = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def apply(
+        self, batch: Batch, *, lock_reservations: bool = False, write_through: bool = False
+    ) -> ApplyResult:
+        if self.held in batch.created:
+            self.entered.set()
+            await self.gate.wait()
+        return await super().apply(
+            batch, lock_reservations=lock_reservations, write_through=write_through
+        )
+
+
+async def test_a_confirm_whose_caller_went_away_is_still_written_and_close_waits_for_it(
     redis_url: str, database_url: str, namespace: str
 ) -> None:
     async with open_stack(redis_url, database_url, namespace) as stack:
-        confirms = DurableConfirms(stack.engine, stack.store)
         rids = await _holds(stack, 3)
-        async with writer_transaction_in_flight(database_url):
-            tasks = [asyncio.create_task(confirms.confirm(rid)) for rid in rids]
-            await _confirmed_in_redis(stack, rids)
-            await asyncio.sleep(0.1)
-            tasks[1].cancel()  # e.g. the client disconnected
-        await asyncio.gather(tasks[0], tasks[2])
+        store = GatedStore(stack.store.pool, held=rids[1])
+        confirms = DurableConfirms(stack.engine, store)
+        tasks = [asyncio.create_task(confirms.confirm(rid)) for rid in rids]
+        await asyncio.wait_for(store.entered.wait(), 10)  # its write-through has begun
+        tasks[1].cancel()  # e.g. the client disconnected
+        await asyncio.wait({tasks[1]})
         assert tasks[1].cancelled()
+        assert (await _durable(database_url, rids))[1] is False
+        asyncio.get_running_loop().call_later(0.2, store.gate.set)
+        await confirms.close()  # e.g. the server shutting down
         assert await _durable(database_url, rids) == [True, True, True]
+        done = await asyncio.gather(tasks[0], tasks[2])
+        assert [r.status for r in done] == [ReservationStatus.CONFIRMED] * 2

@@ -201,6 +201,7 @@ async def open_services(settings: Settings) -> Services:
 
 
 async def close_services(services: Services) -> None:
+    await services.confirms.close()  # before the pool it writes through goes
     await services.store.close()
     await services.engine.client.aclose()
 

@@ -120,8 +120,17 @@ class DurableConfirms:
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush_all())
         # A caller that goes away (a client disconnect) cancels only its own wait: the
-        # flush is a task of its own and writes that confirm's events all the same.
+        # flush is a task of its own and writes that confirm's events all the same
+        # (``close`` waits for it).
         await done
+
+    async def close(self) -> None:
+        """Return once every write-through in flight has finished, including those of
+        callers that went away and are no longer waiting for it. Call before closing
+        the store's pool, after the server has stopped taking requests; cancelling
+        ``close`` leaves the writes running."""
+        while (flusher := self._flusher) is not None:
+            await asyncio.wait({flusher})
 
     async def _flush_all(self) -> None:
         group: list[tuple[Confirmation, asyncio.Future[None]]] = []
