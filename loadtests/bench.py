@@ -61,6 +61,7 @@ from loadtests.common import (
     percentile,
     scratch_database,
 )
+from loadtests.connections import established_per_process
 from onhand.api.apikeys import KeyStore
 from onhand.api.idempotency import Idempotency, Ticket, fingerprint
 from onhand.api.routes.reservations import hold_arguments
@@ -710,6 +711,8 @@ class WrkResult:
     errors: dict[str, int]
     cpu_s: float | None = None
     redis: RedisUse | None = None
+    worker_cpu_s: list[float] | None = None  # per worker, in the server's worker order
+    worker_conns: list[int] | None = None  # wrk's connections each worker held mid-run
 
     @property
     def rate(self) -> float:
@@ -738,7 +741,10 @@ async def wrk(
     headers: Sequence[str] = (),
     args: Sequence[str] = (),
     cpu_pids: Sequence[int] = (),
+    port: int | None = None,
 ) -> WrkResult:
+    """One wrk run. With several ``cpu_pids`` (workers) serving ``port``, also how the
+    CPU and, halfway through, wrk's connections were spread over them."""
     argv = ["wrk", f"-t{WRK_THREADS}", f"-c{conns}", f"-d{seconds}s", "--latency"]
     argv += ["-s", str(WRK_DIR / script)]
     for h in headers:
@@ -747,9 +753,16 @@ async def wrk(
     if args:
         argv += ["--", *args]
     command = run.command(argv)
-    cpu = cpu_seconds(cpu_pids)
-    code, out, err = await run_tool(run.procs, argv, timeout_s=seconds + 60)
-    cpu = cpu_seconds(cpu_pids) - cpu
+    split = None
+    if port is not None and len(cpu_pids) > 1:
+        split = asyncio.create_task(_connections_after(seconds / 2, port, cpu_pids))
+    before = [cpu_seconds([pid]) for pid in cpu_pids]
+    try:
+        code, out, err = await run_tool(run.procs, argv, timeout_s=seconds + 60)
+    finally:
+        if split is not None and not split.done():
+            split.cancel()
+    per_worker = [cpu_seconds([pid]) - b for pid, b in zip(cpu_pids, before, strict=True)]
     line = next((x for x in out.splitlines() if x.startswith("ONHAND_WRK ")), None)
     if code != 0 or line is None:
         raise RuntimeError(f"wrk failed ({code}): {err[-500:]} {out[-500:]}")
@@ -761,8 +774,16 @@ async def wrk(
         data["latency_us"],
         data["statuses"],
         data["errors"],
-        cpu if cpu_pids else None,
+        sum(per_worker) if cpu_pids else None,
+        worker_cpu_s=per_worker if len(cpu_pids) > 1 else None,
+        worker_conns=split.result() if split is not None and not split.cancelled() else None,
     )
+
+
+async def _connections_after(after_s: float, port: int, pids: Sequence[int]) -> list[int] | None:
+    """wrk's connections per worker ``after_s`` into a run (:mod:`loadtests.connections`)."""
+    await asyncio.sleep(after_s)
+    return established_per_process(port, pids)
 
 
 @dataclass
@@ -944,6 +965,7 @@ async def reserve_wrk(
             script="reserve.lua",
             args=(uuid.uuid4().hex[:8], h.checkout, HOT),
             cpu_pids=server.worker_pids if cpu else (),
+            port=server.port,
         )
     result.redis = meter.result()
     h.reserved_201 += result.statuses.get("201", 0)
@@ -951,9 +973,25 @@ async def reserve_wrk(
     return result
 
 
+def _split(res: WrkResult) -> str:
+    """ "; per worker: connections 28 / 36, CPU 49 / 51 %" (what is known), or ""."""
+    parts = []
+    if res.worker_conns is not None:
+        parts.append("connections " + " / ".join(str(n) for n in res.worker_conns))
+    if res.worker_cpu_s:
+        total = sum(res.worker_cpu_s) or 1.0
+        parts.append("CPU " + " / ".join(f"{100 * c / total:.0f}" for c in res.worker_cpu_s) + " %")
+    return "; per worker: " + ", ".join(parts) if parts else ""
+
+
 async def ping_wrk(run: Run, server: Server, seconds: int) -> WrkResult:
     return await wrk(
-        run, f"{server.url}/livez", seconds, run.plan.http_conns, cpu_pids=server.worker_pids
+        run,
+        f"{server.url}/livez",
+        seconds,
+        run.plan.http_conns,
+        cpu_pids=server.worker_pids,
+        port=server.port,
     )
 
 
@@ -967,7 +1005,7 @@ def add_reserve(run: Run, workers: int, res: WrkResult, ping: WrkResult) -> None
         "req/s",
         "≥ 8,000, no non-2xx",
         res.rate >= 8_000 and bad == 0,
-        f"{res.rate / ping.rate:.2f} x GET /livez; {bad} non-201/errors",
+        f"{res.rate / ping.rate:.2f} x GET /livez; {bad} non-201/errors{_split(res)}",
     )
     run.add(
         f"c. … {workers}w latency p99",
@@ -998,7 +1036,7 @@ def add_reserve(run: Run, workers: int, res: WrkResult, ping: WrkResult) -> None
         f"c. … {workers}w baseline GET /livez",
         ping.rate,
         "req/s",
-        note=f"p99 {ping.ms('p99'):.1f} ms",
+        note=f"p99 {ping.ms('p99'):.1f} ms{_split(ping)}",
     )
 
 
