@@ -12,7 +12,8 @@
   lines right above it; the loader rejects anything else. (script_source still
   assembles one script as a standalone EVAL script from the definitions it uses.)
   Nothing here writes on its own; the writers (rec_change, resolve) are called only
-  after a script has checked every precondition.
+  after a script has checked every precondition. rec_change's record write is the
+  last write of the call (flush_records, from run).
 
   Conventions
     * Every argument arrives as a string and is validated as a string *before* any
@@ -187,6 +188,23 @@ local function rec_load(key)
   return r
 end
 
+-- Records this call changed, in the order first changed. rec_change updates a loaded
+-- record in place and queues it here; flush_records writes each one once, with its
+-- final values, when the call ends (run, also when the call or one of a batch's orders
+-- failed after changing it, as the write would have happened by then). A batch of
+-- orders on one hot record then writes it once instead of once per order. Within a
+-- call every read of a record goes through rec_load, which holds the changed values,
+-- so what a call sees is what it saw when each change was written at once.
+local DIRTY = {}  -- per call
+local function flush_records()
+  for i = 1, #DIRTY do
+    local r = DIRTY[i]
+    redis.call('HSET', r.key, 'on', r.ons, 'he', r.hes, 'co', r.cos, 'ss', r.sss,
+               'v', fmt(r.v), 'low', r.low and '1' or '0')
+  end
+  DIRTY = {}
+end
+
 local function avail(r)
   return r.on - r.he - r.co - r.ss
 end
@@ -242,7 +260,7 @@ local function with_emitted(reply)
 end
 
 -- Apply one change to a loaded record and append its event (plus low_stock on the
--- downward edge). c = {etype, sku, wh, stream, don, dhe, dco, ss (new or nil),
+-- downward edge); the record is written when the call ends (flush_records). c = {etype, sku, wh, stream, don, dhe, dco, ss (new or nil),
 -- whs (set key or nil): the SKU's warehouse set gets the warehouse,
 -- new_whs (set key or nil): the same, only if the record is new (version 0) — for
 --   reserve: every script that creates a record passes whs, so a record with a version
@@ -266,7 +284,10 @@ local function rec_change(r, s, c)
   end
   local ons, hes, cos, sss, vs = r.ons, r.hes, r.cos, r.sss, fmt(r.v)
   local lows, beys = low and '1' or '0', fmt(s.bey)
-  redis.call('HSET', r.key, 'on', ons, 'he', hes, 'co', cos, 'ss', sss, 'v', vs, 'low', lows)
+  if not r.dirty then
+    r.dirty = true
+    DIRTY[#DIRTY + 1] = r
+  end
   if c.whs then
     redis.call('SADD', c.whs, c.wh)
   elseif c.new_whs and new then
@@ -414,9 +435,15 @@ local function new_batch()
   return {items = {}, seen = {}}
 end
 
--- Runs main() and turns reject(...) into the reply {code, now_ms, ...}.
+-- Runs main() and turns reject(...) into the reply {code, now_ms, ...}. The outermost
+-- run of a call (a batch runs each order in a nested one) writes the changed records
+-- last (flush_records).
+local DEPTH = 0  -- per call
 local function run(main)
+  DEPTH = DEPTH + 1
   local ok, res = pcall(main)
+  DEPTH = DEPTH - 1
+  if DEPTH == 0 then flush_records() end
   if ok then return res end
   if type(res) == 'table' and res.err then return redis.error_reply(res.err) end
   if type(res) == 'table' then

@@ -65,7 +65,7 @@ def test_only_per_call_state_and_the_run_id_are_assigned_during_a_call():
     per_call = set(re.findall(r"^local\s+([A-Za-z_]\w*)\s*=.*--\s*per call\s*$", lib, re.M))
     assert per_call == {
         "NOW", "NOWS", "READY", "RECS", "SKUS", "EMITTED", "TYPED", "INTS", "IDS", "TEXTS", "FMTS",
-        "FINGERPRINTS", "SLOTS",
+        "FINGERPRINTS", "SLOTS", "DIRTY", "DEPTH",
     }  # fmt: skip
     allowed = per_call | {"RUN_ID"}
     source = library_source().source

@@ -138,3 +138,57 @@ async def test_a_malformed_batch_is_refused_whole_and_changes_nothing(
         reply = await scripts["reserve_many"](keys=keys, args=[*head, *args])
         assert reply[0] == b"BADARG", reply  # nothing ran: no order's reply
     assert await batch.state() == state
+
+
+async def test_an_order_stopped_by_a_redis_error_leaves_the_batch_as_one_by_one_calls_would(
+    redis_client: redis.asyncio.Redis,
+    worlds: tuple[RedisEngine, RedisEngine, ManualClock],
+) -> None:
+    """A batch writes each changed record once, when the call ends; an order that a
+    Redis error stopped after changing a record (its SKU's stream takes no more entries:
+    the known limit of docs/architecture.md) must leave every record, the others' and
+    its own, as the same reserves sent one by one do."""
+    one, batch, clock = worlds
+    # a SKU whose partition (and so its events stream) is not A's
+    x = next(
+        s
+        for s in (f"X{i}" for i in range(100))
+        if one.keys.sku_stream(s) != one.keys.sku_stream("A")
+    )
+    orders = [
+        ReserveRequest("s1", (Line("A", 1, ("W1",)),), 60_000),
+        ReserveRequest("sx", (Line(x, 1, ("W1",)),), 60_000),
+        ReserveRequest("s2", (Line("A", 2, ("W1",)),), 60_000),
+    ]
+    calls = {}
+    for engine in (one, batch):
+        await engine.receive(x, "W1", 3)
+        stream = engine.keys.sku_stream(x)
+        await redis_client.xadd(stream, {"x": "y"}, id=f"{2**64 - 1}-{2**64 - 1}")
+        made = []
+        for request in orders:
+            keys, args = engine.reserve_arguments(request)
+            made.append((keys, [str(clock.now_ms), *args]))
+        calls[engine.keys.namespace] = made
+    scripts = Scripts(redis_client)
+    one_by_one = []
+    for k, a in calls[one.keys.namespace]:
+        try:
+            one_by_one.append((await scripts["reserve"](keys=k, args=a))[0])
+        except redis.exceptions.ResponseError:
+            one_by_one.append(b"error")
+    made = calls[batch.keys.namespace]
+    head = [str(len(made))]
+    for k, a in made:
+        head += (str(len(k)), str(len(a)))
+    reply = await scripts["reserve_many"](
+        keys=[key for k, _ in made for key in k],
+        args=[*head, *(arg for _, a in made for arg in a)],
+    )
+    batched = [r[0] if isinstance(r, list) else b"error" for r in reply[2:]]
+    assert one_by_one == batched == [b"OK", b"error", b"OK"]
+    for engine in (one, batch):
+        assert (await engine.stock_level("A", "W1")).held == 3
+        # the known limit: the record changed, its event could not be appended
+        assert (await engine.stock_level(x, "W1")).held == 1
+    assert await batch.state() == await one.state()

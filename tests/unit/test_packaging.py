@@ -115,8 +115,10 @@ def test_the_function_library_registers_every_script_with_its_shebang_flags():
         "  TYPED = {}",
         "  READY = {}",
         "  RECS = {}",
+        "  DIRTY = {}",
         "  SKUS = {}",
         "  EMITTED = {}",
+        "  DEPTH = 0",
         "  FINGERPRINTS = {}",
         "  SLOTS = {}",
     ]
