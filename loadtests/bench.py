@@ -761,7 +761,7 @@ async def wrk(
         code, out, err = await run_tool(run.procs, argv, timeout_s=seconds + 60)
     finally:
         if split is not None and not split.done():
-            split.cancel()
+            split.cancel()  # (a run that ended before its halfway point: no split)
     per_worker = [cpu_seconds([pid]) - b for pid, b in zip(cpu_pids, before, strict=True)]
     line = next((x for x in out.splitlines() if x.startswith("ONHAND_WRK ")), None)
     if code != 0 or line is None:
@@ -776,7 +776,7 @@ async def wrk(
         data["errors"],
         sum(per_worker) if cpu_pids else None,
         worker_cpu_s=per_worker if len(cpu_pids) > 1 else None,
-        worker_conns=split.result() if split is not None and not split.cancelled() else None,
+        worker_conns=split.result() if split is not None and split.done() else None,
     )
 
 

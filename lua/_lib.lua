@@ -202,7 +202,6 @@ local function flush_records()
     redis.call('HSET', r.key, 'on', r.ons, 'he', r.hes, 'co', r.cos, 'ss', r.sss,
                'v', fmt(r.v), 'low', r.low and '1' or '0')
   end
-  DIRTY = {}
 end
 
 local function avail(r)
@@ -260,7 +259,8 @@ local function with_emitted(reply)
 end
 
 -- Apply one change to a loaded record and append its event (plus low_stock on the
--- downward edge); the record is written when the call ends (flush_records). c = {etype, sku, wh, stream, don, dhe, dco, ss (new or nil),
+-- downward edge); the record itself is written when the call ends (flush_records).
+-- c = {etype, sku, wh, stream, don, dhe, dco, ss (new or nil),
 -- whs (set key or nil): the SKU's warehouse set gets the warehouse,
 -- new_whs (set key or nil): the same, only if the record is new (version 0) — for
 --   reserve: every script that creates a record passes whs, so a record with a version

@@ -59,6 +59,30 @@ def _orders() -> list[ReserveRequest]:
     ]
 
 
+Calls = list[tuple[list[str], list[str]]]
+
+
+def _calls(engine: RedisEngine, clock: ManualClock, orders: list[ReserveRequest]) -> Calls:
+    """Each order's ``reserve`` KEYS and ARGV (with the clock first), as the engine builds them."""
+    made = []
+    for request in orders:
+        keys, args = engine.reserve_arguments(request)
+        made.append((keys, [str(clock.now_ms), *args]))
+    return made
+
+
+async def _reserve_many(scripts: Scripts, calls: Calls) -> list[object]:
+    """``calls`` as one ``reserve_many`` call: its whole reply."""
+    head = [str(len(calls))]
+    for k, a in calls:
+        head += (str(len(k)), str(len(a)))
+    reply: list[object] = await scripts["reserve_many"](
+        keys=[key for k, _ in calls for key in k],
+        args=[*head, *(arg for _, a in calls for arg in a)],
+    )
+    return reply
+
+
 @pytest.fixture
 async def worlds(
     redis_client: redis.asyncio.Redis, redis_url: str, namespace: str
@@ -79,15 +103,12 @@ async def test_a_batch_answers_and_changes_exactly_what_the_same_reserves_one_by
 ) -> None:
     one, batch, clock = worlds
     clock.advance(2_000)  # "old" (1 s TTL) is overdue and not yet expired
-    calls: dict[str, list[tuple[list[str], list[str]]]] = {}
+    calls: dict[str, Calls] = {}
     for engine in (one, batch):
         await redis_client.delete(engine.keys.sku_ready("H"))  # fence H's partition
         with pytest.raises(EngineNotReady):
             await engine.stock_level("H", "W1")
-        made = []
-        for request in _orders():
-            keys, args = engine.reserve_arguments(request)
-            made.append((keys, [str(clock.now_ms), *args]))
+        made = _calls(engine, clock, _orders())
         made[-3][1][4] = "0"  # r9's ttl_ms: out of range
         # r11's candidate count: "100" passed as r2's quantity earlier in the call; a
         # text already found well-formed is still range-checked where it is used.
@@ -95,14 +116,7 @@ async def test_a_batch_answers_and_changes_exactly_what_the_same_reserves_one_by
         calls[engine.keys.namespace] = made
     scripts = Scripts(redis_client)
     one_by_one = [await scripts["reserve"](keys=k, args=a) for k, a in calls[one.keys.namespace]]
-    orders = calls[batch.keys.namespace]
-    head = [str(len(orders))]
-    for k, a in orders:
-        head += (str(len(k)), str(len(a)))
-    reply = await scripts["reserve_many"](
-        keys=[key for k, _ in orders for key in k],
-        args=[*head, *(arg for _, a in orders for arg in a)],
-    )
+    reply = await _reserve_many(scripts, calls[batch.keys.namespace])
     assert reply[:2] == [b"OK", b"0"]
     batched = reply[2:]
 
@@ -165,11 +179,7 @@ async def test_an_order_stopped_by_a_redis_error_leaves_the_batch_as_one_by_one_
         await engine.receive(x, "W1", 3)
         stream = engine.keys.sku_stream(x)
         await redis_client.xadd(stream, {"x": "y"}, id=f"{2**64 - 1}-{2**64 - 1}")
-        made = []
-        for request in orders:
-            keys, args = engine.reserve_arguments(request)
-            made.append((keys, [str(clock.now_ms), *args]))
-        calls[engine.keys.namespace] = made
+        calls[engine.keys.namespace] = _calls(engine, clock, orders)
     scripts = Scripts(redis_client)
     one_by_one = []
     for k, a in calls[one.keys.namespace]:
@@ -177,14 +187,7 @@ async def test_an_order_stopped_by_a_redis_error_leaves_the_batch_as_one_by_one_
             one_by_one.append((await scripts["reserve"](keys=k, args=a))[0])
         except redis.exceptions.ResponseError:
             one_by_one.append(b"error")
-    made = calls[batch.keys.namespace]
-    head = [str(len(made))]
-    for k, a in made:
-        head += (str(len(k)), str(len(a)))
-    reply = await scripts["reserve_many"](
-        keys=[key for k, _ in made for key in k],
-        args=[*head, *(arg for _, a in made for arg in a)],
-    )
+    reply = await _reserve_many(scripts, calls[batch.keys.namespace])
     batched = [r[0] if isinstance(r, list) else b"error" for r in reply[2:]]
     assert one_by_one == batched == [b"OK", b"error", b"OK"]
     for engine in (one, batch):
