@@ -6,7 +6,9 @@ Postgres design and the writer under HTTP load — measured in one run, one tabl
 a. Redis ceiling: the real ``reserve`` script, driven by ``redis-benchmark``.
 b. Engine: ``RedisEngine.reserve`` from 256 callers in one process, coalesced and not.
 c. HTTP: ``POST /v1/reservations`` through ``onhand serve`` (1 and 2 workers) with wrk,
-   next to ``GET /livez``; CPU of the API workers per request; a py-spy profile.
+   next to ``GET /livez``; CPU of the API workers per request; where the box's CPU
+   went (workers, Redis, Postgres, writer, wrk, idle); a py-spy profile; and one worker
+   again with the ledger writer paused (SIGSTOP): what the ledger costs this box.
 d. Availability reads over HTTP: one SKU saturated (capacity) and offered at a fixed
    5,250 reads/s (the latency target: p99 < 5 ms at ≥ 5,000/s); 100 SKUs saturated and
    offered at half that rate (``wrk/rate_get.lua``; the latency target).
@@ -40,7 +42,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -51,6 +53,7 @@ import asyncpg
 import httpx
 from redis.asyncio import Redis
 
+from loadtests.boxcpu import BoxCpu, snapshot
 from loadtests.common import (
     REDIS_URL,
     Figure,
@@ -713,6 +716,7 @@ class WrkResult:
     redis: RedisUse | None = None
     worker_cpu_s: list[float] | None = None  # per worker, in the server's worker order
     worker_conns: list[int] | None = None  # wrk's connections each worker held mid-run
+    box: BoxCpu | None = None  # where the machine's CPU went during the run
 
     @property
     def rate(self) -> float:
@@ -956,6 +960,11 @@ def _server_env(db: str, namespace: str) -> dict[str, str]:
 async def reserve_wrk(
     run: Run, h: HttpEnv, server: Server, seconds: int, *, cpu: bool = True
 ) -> WrkResult:
+    redis_pid = int((await h.client.info("server"))["process_id"])
+    groups = {"API workers": server.worker_pids, "writer": [h.writer.pid]}
+    if _comm(redis_pid) == "redis-server":  # (a Redis on another machine: not counted)
+        groups["Redis"] = [redis_pid]
+    before = snapshot(groups)
     async with RedisMeter(h.client) as meter:
         result = await wrk(
             run,
@@ -968,6 +977,9 @@ async def reserve_wrk(
             port=server.port,
         )
     result.redis = meter.result()
+    after = snapshot(groups)
+    if before is not None and after is not None:
+        result.box = after.since(before)
     h.reserved_201 += result.statuses.get("201", 0)
     h.reserve_runs.append(result)
     return result
@@ -1032,6 +1044,13 @@ def add_reserve(run: Run, workers: int, res: WrkResult, ping: WrkResult) -> None
             note=f"{calls:.2f} script calls per request (all clients); "
             f"Redis process busy {res.redis.busy} of the run",
         )
+    if res.box is not None:
+        run.add(
+            f"c. … {workers}w where the box's CPU went during the run",
+            res.box.busy,
+            "% busy",
+            note=res.box.describe(),
+        )
     run.add(
         f"c. … {workers}w baseline GET /livez",
         ping.rate,
@@ -1051,10 +1070,39 @@ async def phase_one_worker(run: Run, h: HttpEnv) -> tuple[WrkResult, WrkResult]:
         res = await reserve_wrk(run, h, server, plan.reserve_s)
         log("c. py-spy profile of the worker under reserve load")
         run.raw["profile"] = await profile(run, h, server)
+        log("c. the same, with the ledger writer paused (what the ledger costs this box)")
+        with paused(h.writer.pid):
+            quiet = await reserve_wrk(run, h, server, plan.reserve_s)
+        await h.sampler().drained(60)  # the next phase starts from an empty backlog
     finally:
         run.procs.stop(server.proc)
     add_reserve(run, 1, res, ping)
+    add_paused(run, res, quiet)
     return res, ping
+
+
+@contextlib.contextmanager
+def paused(pid: int) -> Iterator[None]:
+    """``pid`` stopped (SIGSTOP) for the block and continued (SIGCONT) after it, also
+    on errors. The writer keeps its connections; the streams grow meanwhile."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def add_paused(run: Run, res: WrkResult, quiet: WrkResult) -> None:
+    """The 1-worker reservation run again with the ledger writer stopped: what the
+    durable ledger (the writer and Postgres) costs the hot path on this shared box."""
+    box = f"; box: {quiet.box.describe()}" if quiet.box is not None else ""
+    run.add(
+        "c. … 1w baseline: the same with the ledger writer paused",
+        quiet.rate,
+        "req/s",
+        note=f"with the writer running: {res.rate / quiet.rate:.2f} x; p99 "
+        f"{quiet.ms('p99'):.1f} ms; API worker CPU {quiet.cpu_us:.0f} µs per request{box}",
+    )
 
 
 async def phase_two_workers(run: Run, h: HttpEnv, one: WrkResult, ping1: WrkResult) -> None:
