@@ -805,10 +805,15 @@ class Server:
 
 def _server_workers(proc: subprocess.Popen[bytes], workers: int) -> list[int]:
     """The processes that serve requests: with one worker uvicorn serves in its main
-    process; with more, the supervisor's spawned children."""
+    process; with more, the supervisor's children (onhand's: ``serve --reuse-port``;
+    uvicorn's where that is not used: ``spawn_main``)."""
     if workers == 1:
         return [proc.pid]
-    return [pid for pid in children(proc.pid) if "spawn_main" in _cmdline(pid)]
+    return [
+        pid
+        for pid in children(proc.pid)
+        if "--reuse-port" in _cmdline(pid) or "spawn_main" in _cmdline(pid)
+    ]
 
 
 def _log_tail(path: Path) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Annotated, Any
 
@@ -257,25 +258,83 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (ONHAND_API_HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (ONHAND_API_PORT).")] = None,
     workers: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
+    reuse_port: Annotated[
+        bool, typer.Option(hidden=True, help="One worker of several: own SO_REUSEPORT socket.")
+    ] = False,
 ) -> None:
-    """Serve the HTTP API with uvicorn (uvloop + httptools, one write per response)."""
+    """Serve the HTTP API with uvicorn (uvloop + httptools, one write per response).
+
+    With several workers on Linux each worker process listens on a socket of its own
+    (``SO_REUSEPORT``: the kernel spreads connections over them) under onhand's
+    supervisor, which starts a worker again if it exits after serving; elsewhere, or
+    on port 0, uvicorn's own supervisor and one shared socket."""
     import uvicorn
+
+    from onhand.api.listeners import ensure_free, listen_reuse_port, reuse_port_supported
 
     settings = Settings()
     settings.require_redis_url(), settings.require_database_url()
-    uvicorn.run(
-        "onhand.api.asgi:app_from_env",
-        factory=True,
-        host=host or settings.api_host,
-        port=settings.api_port if port is None else port,
-        workers=workers or settings.api_workers,
-        loop="uvloop",
-        http="onhand.api.protocol:OneWriteHttpToolsProtocol",
-        timeout_keep_alive=settings.api_keep_alive_s,
-        access_log=False,
-        server_header=False,
-        lifespan="on",  # a failed startup stops the server instead of serving without it
-    )
+    host = host or settings.api_host
+    port = settings.api_port if port is None else port
+    workers = workers or settings.api_workers
+    if workers > 1 and port != 0 and reuse_port_supported():
+        try:
+            ensure_free(host, port)
+        except OSError as exc:
+            console.print(f"[red]cannot listen on {host}:{port}: {exc.strerror}[/red]")
+            raise typer.Exit(1) from exc
+        raise typer.Exit(_serve_workers(host, port, workers))
+    options: dict[str, Any] = {
+        "factory": True,
+        "host": host,
+        "port": port,
+        "loop": "uvloop",
+        "http": "onhand.api.protocol:OneWriteHttpToolsProtocol",
+        "timeout_keep_alive": settings.api_keep_alive_s,
+        "access_log": False,
+        "server_header": False,
+        "lifespan": "on",  # a failed startup stops the server instead of serving without it
+    }
+    if not reuse_port:
+        uvicorn.run("onhand.api.asgi:app_from_env", workers=workers, **options)
+        return
+    _exit_with_parent()
+    config = uvicorn.Config("onhand.api.asgi:app_from_env", **options)
+    server = uvicorn.Server(config)
+    server.run(sockets=[listen_reuse_port(host, port, config.backlog)])
+    if not server.started:
+        raise typer.Exit(3)  # uvicorn's STARTUP_FAILURE: the supervisor does not retry it
+
+
+# A worker that exits after serving this long is started again; sooner, it is failing
+# at start-up (Redis, Postgres or the app) and the whole server stops.
+WORKER_RESTART_AFTER_S = 10.0
+
+
+def _serve_workers(host: str, port: int, workers: int) -> int:
+    from onhand.supervisor import ChildSpec, Supervisor
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    argv = [sys.executable, "-m", "onhand", "serve", "--host", host, "--port", str(port)]
+    argv += ["--workers", "1", "--reuse-port"]
+    children: list[ChildSpec] = [(f"worker-{i}", argv, {}) for i in range(1, workers + 1)]
+    console.print(f"serving on {host}:{port}: {workers} workers, a listening socket each")
+    return Supervisor(children, restart_after_s=WORKER_RESTART_AFTER_S).run(timeout_s=30.0)
+
+
+def _exit_with_parent() -> None:
+    """Linux: SIGTERM this process when its parent (the supervisor) dies, even by
+    SIGKILL, so no worker outlives it; then check the parent is not gone already."""
+    import ctypes
+    import os
+    import signal
+
+    parent = os.getppid()
+    with contextlib.suppress(OSError, AttributeError):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != parent:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -10,7 +10,11 @@ Contract:
   child in order; signals go to each child's whole group, so processes a child
   spawned in its group are stopped with it.
 * :meth:`Supervisor.wait` returns when any child exits (children are expected to run
-  until told to stop, so any exit is a failure) or when a stop was requested.
+  until told to stop, so any exit is a failure) or when a stop was requested. With
+  ``restart_after_s`` set, a child that exits after running at least that long is
+  started again instead (what it left in its process group is killed first); one that
+  exits sooner is failing at start-up, which another start would repeat, so ``wait``
+  returns.
 * :meth:`Supervisor.stop` sends SIGTERM to every group, waits up to ``timeout_s``,
   SIGKILLs what is left, and reaps every child: no process is left behind.
 * :meth:`Supervisor.run` does start, wait and stop with SIGINT, SIGTERM and SIGHUP
@@ -45,13 +49,18 @@ log = logging.getLogger(__name__)
 class Supervisor:
     """Start, watch and stop a fixed set of child processes (see the module docstring)."""
 
-    def __init__(self, children: Sequence[ChildSpec]) -> None:
+    def __init__(
+        self, children: Sequence[ChildSpec], *, restart_after_s: float | None = None
+    ) -> None:
         names = [name for name, _, _ in children]
         if len(set(names)) != len(names):
             raise ValueError(f"child names must be unique: {names}")
         self._specs = list(children)
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._started_at: dict[str, float] = {}
         self._stop_requests = 0
+        self._restart_after_s = restart_after_s
+        self.restarts = 0
 
     @property
     def pids(self) -> dict[str, int]:
@@ -69,16 +78,17 @@ class Supervisor:
             raise RuntimeError("supervisor already started")
         try:
             for name, argv, env in self._specs:
-                self._procs[name] = subprocess.Popen(
-                    list(argv),
-                    stdin=subprocess.DEVNULL,
-                    env={**os.environ, **env},
-                    process_group=0,
-                )
-                log.info("started %s (pid %d)", name, self._procs[name].pid)
+                self._spawn(name, argv, env)
         except BaseException:
             self.stop()
             raise
+
+    def _spawn(self, name: str, argv: Sequence[str], env: Mapping[str, str]) -> None:
+        self._procs[name] = subprocess.Popen(
+            list(argv), stdin=subprocess.DEVNULL, env={**os.environ, **env}, process_group=0
+        )
+        self._started_at[name] = time.monotonic()
+        log.info("started %s (pid %d)", name, self._procs[name].pid)
 
     def request_stop(self) -> None:
         """Make :meth:`wait` return (async-signal safe: only sets a counter)."""
@@ -87,11 +97,24 @@ class Supervisor:
     def wait(self) -> int:
         """Block until a child exits or a stop is requested; return the exit status."""
         while True:
-            for name, proc in self._procs.items():
+            for name, argv, env in self._specs:
+                proc = self._procs[name]
                 code = proc.poll()
-                if code is not None:
-                    log.error("%s exited with %d; stopping the others", name, code)
-                    return code if code > 0 else 128 - code if code < 0 else 1
+                if code is None:
+                    continue
+                ran_s = time.monotonic() - self._started_at[name]
+                after_s = self._restart_after_s
+                if after_s is not None and ran_s >= after_s and not self._stop_requests:
+                    log.error(
+                        "%s exited with %d after %.0f s; starting it again", name, code, ran_s
+                    )
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    self._spawn(name, argv, env)
+                    self.restarts += 1
+                    continue
+                log.error("%s exited with %d; stopping the others", name, code)
+                return code if code > 0 else 128 - code if code < 0 else 1
             if self._stop_requests:
                 return 0
             time.sleep(_POLL_S)

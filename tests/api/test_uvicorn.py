@@ -2,7 +2,8 @@
 
 The in-process suites drive the ASGI app directly; this one goes through sockets,
 httptools and uvloop, both ways into a reservation (the fast path and the regular
-route), and across two worker processes that share one Redis and one Postgres.
+route), and across two worker processes that share one Redis and one Postgres, each
+listening on a socket of its own under onhand's supervisor.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from contextlib import contextmanager
 
 import httpx
 import pytest
+from loadtests.connections import established_per_process
 
+from onhand.cli import WORKER_RESTART_AFTER_S
 from onhand.settings import Settings
 from tests.api.support import open_api
 from tests.local_server import free_port
@@ -148,3 +151,106 @@ def test_an_idle_connection_stays_open_for_the_configured_keep_alive(
             conn.sendall(request)
             assert conn.recv(4096).startswith(b"HTTP/1.1 200")
             assert _closed_by_server(conn, within_s=4.0)  # idle past 2 s: closed
+
+
+LISTEN = "0A"  # the ``st`` column of /proc/net/tcp (include/net/tcp_states.h)
+
+
+def _listening(port: int) -> dict[int, set[str]]:
+    """Processes holding a listening TCP socket on ``port``: pid → socket inodes."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as rows:
+            next(rows)
+            for row in rows:
+                f = row.split()
+                if f[3] == LISTEN and int(f[1].rpartition(":")[2], 16) == port:
+                    inodes.add(f[9])
+    owners: dict[int, set[str]] = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            links = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+        except OSError:
+            continue
+        held = {link[8:-1] for link in links if link.startswith("socket:[")} & inodes
+        if held:
+            owners[int(pid)] = held
+    return owners
+
+
+def _livez_on_new_connections(port: int, n: int) -> list[socket.socket]:
+    """``n`` new connections, each answered once (so each has been accepted)."""
+    conns = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(n)]
+    for conn in conns:
+        conn.sendall(b"GET /livez HTTP/1.1\r\nHost: onhand\r\n\r\n")
+    for conn in conns:
+        assert conn.recv(4096).startswith(b"HTTP/1.1 200")
+    return conns
+
+
+pytest_linux = pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="Linux only")
+
+
+@pytest_linux
+def test_each_worker_listens_on_a_socket_of_its_own_and_gets_a_share_of_connections(
+    api_settings: Settings, served: str
+) -> None:
+    """With one shared socket the worker that wins the accept race can take every
+    connection opened at once; with a socket per worker the kernel spreads them."""
+    port = int(served.rsplit(":", 1)[1])
+    owners = _listening(port)
+    assert len(owners) == 2, owners  # two workers; the supervisor holds no socket
+    first, second = owners.values()
+    assert len(first) == len(second) == 1 and first != second
+    conns = _livez_on_new_connections(port, 64)
+    try:
+        split = established_per_process(port, list(owners))
+    finally:
+        for conn in conns:
+            conn.close()
+    assert split is not None and sum(split) == 64 and min(split) >= 8, split
+
+
+@pytest_linux
+def test_a_worker_killed_after_serving_is_replaced_while_the_other_serves(
+    api_settings: Settings,
+) -> None:
+    with serving(api_settings, workers=2) as base:
+        port = int(base.rsplit(":", 1)[1])
+        before = _listening(port)
+        assert len(before) == 2, before
+        time.sleep(WORKER_RESTART_AFTER_S)  # a worker that dies sooner stops the server
+        victim = min(before)
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while True:
+            assert httpx.get(f"{base}/livez", timeout=5).status_code == 200
+            now = _listening(port)
+            if len(now) == 2 and victim not in now:
+                break
+            assert time.monotonic() < deadline, now
+            time.sleep(0.1)
+        assert set(now) & set(before) == set(before) - {victim}
+
+
+@pytest_linux
+def test_several_workers_on_a_port_already_in_use_exit_1_and_say_so(
+    api_settings: Settings,
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("ONHAND_")},
+            "ONHAND_REDIS_URL": str(api_settings.redis_url),
+            "ONHAND_DATABASE_URL": str(api_settings.database_url),
+        }
+        done = subprocess.run(
+            [sys.executable, "-m", "onhand", "serve", "--port", str(port), "--workers", "2"],
+            env=env,
+            capture_output=True,
+            timeout=60,
+        )
+    assert done.returncode == 1, done.stderr.decode()
+    assert b"cannot listen on 127.0.0.1:" in done.stderr and b"in use" in done.stderr

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -210,3 +211,56 @@ def test_a_second_ctrl_c_kills_stubborn_children_without_waiting_for_the_timeout
     assert status == 0
     assert seconds < 10.0
     assert wait_gone(pids)
+
+
+# Runs for $RUN_S seconds, appends its pid to $MARK, then exits with 3.
+CRASHER = (
+    "import os, pathlib, time; time.sleep(float(os.environ['RUN_S']))"
+    "; f = open(os.environ['MARK'], 'a'); f.write(f'{os.getpid()} '); f.close()"
+    "; raise SystemExit(3)"
+)
+
+
+def test_a_child_that_crashes_after_serving_is_started_again_and_the_others_keep_running(
+    tmp_path: Path,
+) -> None:
+    mark, crashes = tmp_path / "survivor", tmp_path / "crashes"
+    supervisor = Supervisor(
+        [
+            ("survivor", python(SLEEPER), {"MARK": str(mark)}),
+            ("crasher", python(CRASHER), {"MARK": str(crashes), "RUN_S": "0.4"}),
+        ],
+        restart_after_s=0.2,
+    )
+    statuses: list[int] = []
+    waiter = threading.Thread(target=lambda: statuses.append(supervisor.wait()))
+    try:
+        supervisor.start()
+        [survivor] = wait_for_pids(mark)
+        waiter.start()
+        deadline = time.monotonic() + 20
+        while supervisor.restarts < 2 and time.monotonic() < deadline and not statuses:
+            time.sleep(0.05)
+        assert supervisor.restarts >= 2 and not statuses, statuses
+        assert not gone(survivor)
+        assert len(set(crashes.read_text().split())) >= 2  # each crash was a new process
+        supervisor.request_stop()
+        waiter.join(10)
+        assert statuses == [0]  # a stop was asked for: no failure
+    finally:
+        supervisor.stop()
+    assert wait_gone([survivor])
+
+
+def test_a_child_that_fails_at_start_up_is_not_started_again(tmp_path: Path) -> None:
+    crashes = tmp_path / "crashes"
+    supervisor = Supervisor(
+        [("crasher", python(CRASHER), {"MARK": str(crashes), "RUN_S": "0"})],
+        restart_after_s=5.0,
+    )
+    try:
+        supervisor.start()
+        assert supervisor.wait() == 3
+    finally:
+        supervisor.stop()
+    assert supervisor.restarts == 0 and len(crashes.read_text().split()) == 1
