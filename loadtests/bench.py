@@ -1177,6 +1177,16 @@ async def writer_phase(
         "ms",
         note=f"writer CPU {writer_cpu / max(1, rows1 - rows0) * 1e6:.0f} µs per event",
     )
+    if res.box is not None and rows1 > rows0:
+        writer_s, pg_s = res.box.used_s["writer"], res.box.used_s["Postgres"]
+        run.add(
+            "f. the ledger's CPU per event during the run (writer + Postgres)",
+            (writer_s + pg_s) / (rows1 - rows0) * 1e6,
+            "µs",
+            note=f"writer {writer_s / (rows1 - rows0) * 1e6:.0f} + Postgres "
+            f"{pg_s / (rows1 - rows0) * 1e6:.0f} µs; {res.box.share(writer_s + pg_s):.0f} % "
+            "of one core, on the cores the API workers and Redis use",
+        )
 
 
 async def paced_wrk(
