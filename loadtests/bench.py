@@ -1106,7 +1106,8 @@ def add_paused(run: Run, res: WrkResult, quiet: WrkResult) -> None:
         quiet.rate,
         "req/s",
         note=f"with the writer running: {res.rate / quiet.rate:.2f} x; p99 "
-        f"{quiet.ms('p99'):.1f} ms; API worker CPU {quiet.cpu_us:.0f} µs per request{box}",
+        f"{quiet.ms('p99'):.1f} ms; API worker CPU {quiet.cpu_us:.0f} µs per request; "
+        f"{quiet.failures(('201',))} non-201/errors{box}",
     )
 
 
