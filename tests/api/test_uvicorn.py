@@ -178,6 +178,15 @@ def _listening(port: int) -> dict[int, set[str]]:
     return owners
 
 
+def _listening_by(port: int, n: int, timeout_s: float = 30.0) -> dict[int, set[str]]:
+    """:func:`_listening`, once ``n`` processes listen (a worker binds its socket after
+    its imports, so the first answer can come before the last worker listens)."""
+    deadline = time.monotonic() + timeout_s
+    while len(owners := _listening(port)) < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return owners
+
+
 def _livez_on_new_connections(port: int, n: int) -> list[socket.socket]:
     """``n`` new connections, each answered once (so each has been accepted)."""
     conns = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(n)]
@@ -186,6 +195,15 @@ def _livez_on_new_connections(port: int, n: int) -> list[socket.socket]:
     for conn in conns:
         assert conn.recv(4096).startswith(b"HTTP/1.1 200")
     return conns
+
+
+def _dead(pid: int) -> bool:
+    """``pid`` has exited (gone, or a zombie: its sockets are closed either way)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] == "Z"
+    except OSError:
+        return True
 
 
 pytest_linux = pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="Linux only")
@@ -198,7 +216,7 @@ def test_each_worker_listens_on_a_socket_of_its_own_and_gets_a_share_of_connecti
     """With one shared socket the worker that wins the accept race can take every
     connection opened at once; with a socket per worker the kernel spreads them."""
     port = int(served.rsplit(":", 1)[1])
-    owners = _listening(port)
+    owners = _listening_by(port, 2)
     assert len(owners) == 2, owners  # two workers; the supervisor holds no socket
     first, second = owners.values()
     assert len(first) == len(second) == 1 and first != second
@@ -217,12 +235,15 @@ def test_a_worker_killed_after_serving_is_replaced_while_the_other_serves(
 ) -> None:
     with serving(api_settings, workers=2) as base:
         port = int(base.rsplit(":", 1)[1])
-        before = _listening(port)
+        before = _listening_by(port, 2)
         assert len(before) == 2, before
         time.sleep(WORKER_RESTART_AFTER_S)  # a worker that dies sooner stops the server
         victim = min(before)
         os.kill(victim, signal.SIGKILL)
         deadline = time.monotonic() + 30
+        while not _dead(victim):  # its socket is closed: no new connection goes to it
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
         while True:
             assert httpx.get(f"{base}/livez", timeout=5).status_code == 200
             now = _listening(port)
