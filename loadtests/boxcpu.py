@@ -27,13 +27,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["BoxCpu", "Snapshot", "snapshot"]
+__all__ = ["BoxCpu", "Snapshot", "process_stat", "snapshot"]
 
 POSTGRES = "Postgres"
 WRK = "wrk"
 
 
-def _stat(pid: int | str) -> tuple[str, list[str]] | None:
+def process_stat(pid: int | str) -> tuple[str, list[str]] | None:
     """``(comm, fields from state on)`` of /proc/<pid>/stat; None if it is gone."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_text()
@@ -51,7 +51,7 @@ def _postgres_pids() -> list[int]:
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
-            stat = _stat(entry)
+            stat = process_stat(entry)
             if stat is not None and stat[0] == "postgres":
                 found.append(int(entry))
     return found
@@ -99,10 +99,10 @@ def snapshot(groups: Mapping[str, Sequence[int]]) -> Snapshot | None:
     for name, pids in named.items():
         counted[name] = {}
         for pid in pids:
-            stat = _stat(pid)
+            stat = process_stat(pid)
             if stat is not None:
                 counted[name][pid] = _process_cpu_s(stat[1], tick)
-    me = _stat(os.getpid())
+    me = process_stat(os.getpid())
     assert me is not None
     reaped = (int(me[1][13]) + int(me[1][14])) / tick  # cutime + cstime
     busy, idle = _box_ticks()

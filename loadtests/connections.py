@@ -1,4 +1,5 @@
-"""Established TCP connections per process, read from ``/proc`` (Linux).
+"""TCP sockets per process on a port, read from ``/proc`` (Linux): established
+connections (:func:`established_per_process`) and listeners (:func:`listening_processes`).
 
 The benchmark uses it to show how uvicorn's workers share the load generator's
 connections. With ``--workers N`` uvicorn's supervisor binds one listening socket and
@@ -17,9 +18,11 @@ import contextlib
 import os
 from collections.abc import Sequence
 
-__all__ = ["established_per_process"]
+__all__ = ["established_per_process", "listening_processes"]
 
-ESTABLISHED = "01"  # the ``st`` column of /proc/net/tcp (include/net/tcp_states.h)
+# the ``st`` column of /proc/net/tcp (include/net/tcp_states.h)
+ESTABLISHED = "01"
+LISTEN = "0A"
 TABLES = ("/proc/net/tcp", "/proc/net/tcp6")
 
 
@@ -36,15 +39,15 @@ def _socket_inodes(pid: int) -> set[str]:
     return inodes
 
 
-def _established_on(port: int) -> list[str]:
-    """Inodes of the established sockets whose local port is ``port``."""
+def _sockets_on(port: int, state: str) -> list[str]:
+    """Inodes of the sockets in ``state`` whose local port is ``port``."""
     found: list[str] = []
     for table in TABLES:
         with contextlib.suppress(OSError), open(table) as rows:
             next(rows, None)  # the header
             for row in rows:
                 fields = row.split()
-                if len(fields) < 10 or fields[3] != ESTABLISHED:
+                if len(fields) < 10 or fields[3] != state:
                     continue
                 if int(fields[1].rpartition(":")[2], 16) == port:
                     found.append(fields[9])
@@ -59,8 +62,20 @@ def established_per_process(port: int, pids: Sequence[int]) -> list[int] | None:
         return None
     owner = {inode: i for i, pid in enumerate(pids) for inode in _socket_inodes(pid)}
     counts = [0] * len(pids)
-    for inode in _established_on(port):
+    for inode in _sockets_on(port, ESTABLISHED):
         i = owner.get(inode)
         if i is not None:
             counts[i] += 1
     return counts
+
+
+def listening_processes(port: int) -> dict[int, set[str]]:
+    """Every process (of those whose ``/proc/<pid>/fd`` this one can read) holding a
+    listening TCP socket on ``port``: pid → the inodes of those sockets. Processes
+    sharing one socket (uvicorn's workers) all show its inode."""
+    listeners = set(_sockets_on(port, LISTEN))
+    owners: dict[int, set[str]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (held := _socket_inodes(int(entry)) & listeners):
+            owners[int(entry)] = held
+    return owners

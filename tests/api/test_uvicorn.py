@@ -20,12 +20,13 @@ from contextlib import contextmanager
 
 import httpx
 import pytest
-from loadtests.connections import established_per_process
+from loadtests.connections import established_per_process, listening_processes
 
 from onhand.cli import WORKER_RESTART_AFTER_S
 from onhand.settings import Settings
 from tests.api.support import open_api
 from tests.local_server import free_port
+from tests.processes import gone
 
 pytestmark = pytest.mark.slow
 
@@ -153,36 +154,11 @@ def test_an_idle_connection_stays_open_for_the_configured_keep_alive(
             assert _closed_by_server(conn, within_s=4.0)  # idle past 2 s: closed
 
 
-LISTEN = "0A"  # the ``st`` column of /proc/net/tcp (include/net/tcp_states.h)
-
-
-def _listening(port: int) -> dict[int, set[str]]:
-    """Processes holding a listening TCP socket on ``port``: pid → socket inodes."""
-    inodes: set[str] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as rows:
-            next(rows)
-            for row in rows:
-                f = row.split()
-                if f[3] == LISTEN and int(f[1].rpartition(":")[2], 16) == port:
-                    inodes.add(f[9])
-    owners: dict[int, set[str]] = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            links = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
-        except OSError:
-            continue
-        held = {link[8:-1] for link in links if link.startswith("socket:[")} & inodes
-        if held:
-            owners[int(pid)] = held
-    return owners
-
-
 def _listening_by(port: int, n: int, timeout_s: float = 30.0) -> dict[int, set[str]]:
-    """:func:`_listening`, once ``n`` processes listen (a worker binds its socket after
+    """:func:`listening_processes`, once ``n`` processes listen (a worker binds its socket after
     its imports, so the first answer can come before the last worker listens)."""
     deadline = time.monotonic() + timeout_s
-    while len(owners := _listening(port)) < n and time.monotonic() < deadline:
+    while len(owners := listening_processes(port)) < n and time.monotonic() < deadline:
         time.sleep(0.05)
     return owners
 
@@ -195,15 +171,6 @@ def _livez_on_new_connections(port: int, n: int) -> list[socket.socket]:
     for conn in conns:
         assert conn.recv(4096).startswith(b"HTTP/1.1 200")
     return conns
-
-
-def _dead(pid: int) -> bool:
-    """``pid`` has exited (gone, or a zombie: its sockets are closed either way)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rpartition(")")[2].split()[0] == "Z"
-    except OSError:
-        return True
 
 
 pytest_linux = pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="Linux only")
@@ -241,12 +208,12 @@ def test_a_worker_killed_after_serving_is_replaced_while_the_other_serves(
         victim = min(before)
         os.kill(victim, signal.SIGKILL)
         deadline = time.monotonic() + 30
-        while not _dead(victim):  # its socket is closed: no new connection goes to it
+        while not gone(victim):  # its socket is closed: no new connection goes to it
             assert time.monotonic() < deadline
             time.sleep(0.01)
         while True:
             assert httpx.get(f"{base}/livez", timeout=5).status_code == 200
-            now = _listening(port)
+            now = listening_processes(port)
             if len(now) == 2 and victim not in now:
                 break
             assert time.monotonic() < deadline, now

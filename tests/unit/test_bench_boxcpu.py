@@ -7,11 +7,10 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from loadtests.bench import paused
-from loadtests.boxcpu import POSTGRES, WRK, BoxCpu, snapshot
+from loadtests.boxcpu import POSTGRES, WRK, BoxCpu, process_stat, snapshot
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="Linux /proc")
 
@@ -20,7 +19,20 @@ _WAIT = "import sys\nsys.stdin.read()\n"
 
 
 def _state(pid: int) -> str:
-    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    stat = process_stat(pid)
+    assert stat is not None
+    return stat[1][0]
+
+
+def _settles(pid: int, stopped: bool, timeout_s: float = 10.0) -> bool:
+    """Whether ``pid`` is (or is not) stopped within ``timeout_s``: a signal takes
+    effect when the kernel next schedules the process, not when ``kill`` returns."""
+    deadline = time.monotonic() + timeout_s
+    while (_state(pid) == "T") != stopped:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 # Waits for a line, burns 0.4 s of CPU, says so, then waits for its stdin to close.
@@ -91,9 +103,9 @@ def test_a_paused_process_stops_and_continues_even_after_an_error() -> None:
     child = subprocess.Popen([sys.executable, "-c", _WAIT], stdin=subprocess.PIPE)
     try:
         with pytest.raises(RuntimeError), paused(child.pid):
-            assert _state(child.pid) == "T"  # stopped
+            assert _settles(child.pid, stopped=True)
             raise RuntimeError("the run failed")
-        assert _state(child.pid) != "T"
+        assert _settles(child.pid, stopped=False)
     finally:
         child.communicate(b"")
     assert child.returncode == 0

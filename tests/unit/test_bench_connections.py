@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from loadtests.connections import established_per_process
+from loadtests.connections import established_per_process, listening_processes
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="Linux /proc")
 
@@ -98,3 +98,19 @@ def test_closed_connections_and_unknown_processes_count_nothing(listener: socket
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     assert established_per_process(port, [os.getpid(), gone.pid]) == [0, 0]
+
+
+def test_a_listening_socket_is_found_with_the_process_that_holds_it(
+    listener: socket.socket,
+) -> None:
+    port = listener.getsockname()[1]
+    owners = listening_processes(port)
+    assert list(owners) == [os.getpid()] and len(owners[os.getpid()]) == 1
+    clients = _connect(port, 2)  # connections on the port are not listeners
+    try:
+        assert listening_processes(port) == owners
+    finally:
+        for c in clients:
+            c.close()
+    listener.close()
+    assert listening_processes(port) == {}

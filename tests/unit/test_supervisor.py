@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from onhand.supervisor import Supervisor
+from tests.processes import gone
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -33,18 +34,6 @@ PARENT = textwrap.dedent("""
 
 def python(code: str) -> list[str]:
     return [sys.executable, "-c", code]
-
-
-def gone(pid: int) -> bool:
-    """True iff ``pid`` has exited (a zombie waiting for init to reap it counts as gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
-    except OSError:
-        return True
 
 
 def wait_for_pids(mark: Path, timeout_s: float = 20.0) -> list[int]:
