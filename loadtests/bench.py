@@ -65,6 +65,7 @@ from loadtests.common import (
     scratch_database,
 )
 from loadtests.connections import established_per_process
+from loadtests.keyspace import Headroom
 from onhand.api.apikeys import KeyStore
 from onhand.api.idempotency import Idempotency, Ticket, fingerprint
 from onhand.api.routes.reservations import hold_arguments
@@ -88,6 +89,11 @@ SINGLE_PACED_CONNS = 32  # (d) connections of the paced single read
 SINGLE_TARGET = 5_000  # (d) single reads/s at which p99 is judged
 SINGLE_OFFER = 5_250  # (d) the paced single read's fixed offered rate (5 % above the target)
 WRK_THREADS = 2
+# The most Redis keys a run can add, per second (loadtests.keyspace): an HTTP reservation
+# adds two (its record; its Idempotency-Key record, with a TTL), an engine one one; these
+# rates are above any this project has measured ((b) ≈ 37,000/s, (c) ≈ 11,200/s).
+ENGINE_RATE_BOUND = 45_000
+HTTP_RATE_BOUND = 14_000
 
 
 @dataclass(frozen=True)
@@ -255,6 +261,13 @@ class Run:
     raw: dict[str, Any] = field(default_factory=dict)
     secrets: dict[str, str] = field(default_factory=dict)
     profile_out: str | None = None
+    headroom: Headroom | None = None  # (loadtests.keyspace) set by measure()
+
+    async def make_room(self, keys: int, volatile: int) -> None:
+        """Before a run adding at most ``keys`` Redis keys (``volatile`` with a TTL):
+        room in Redis's key tables, so the run does not pay for a doubling of them."""
+        if self.headroom is not None and await self.headroom.ensure(keys, volatile):
+            log(f"keyspace: {self.headroom.log[-1]} (room for {keys:,} more)")
 
     def add(
         self,
@@ -440,13 +453,16 @@ async def bench_redis(run: Run) -> float:
             f"#!lua name={trivial}\nredis.register_function('{trivial}',"
             " function(keys, args) return {'OK', args[1]} end)",
         )
+        await run.make_room(n, 0)
         async with RedisMeter(client) as meter:
             res = await redis_benchmark(run, reserve, keys, argv, n)
         held = (await engine.stock_level(HOT, WH)).held
         base = await redis_benchmark(run, trivial, keys, argv, n)
         hkeys, hargs = await hold_call(client, namespace)
+        n_holds = max(20_000, n // 5)
+        await run.make_room(2 * n_holds, n_holds)
         async with RedisMeter(client) as holds:
-            await redis_benchmark(run, scripts["hold"].function, hkeys, hargs, max(20_000, n // 5))
+            await redis_benchmark(run, scripts["hold"].function, hkeys, hargs, n_holds)
     finally:
         with contextlib.suppress(Exception):
             await client.execute_command("FUNCTION", "DELETE", trivial)  # type: ignore[no-untyped-call]
@@ -553,9 +569,11 @@ async def bench_engine(run: Run, ceiling: float | None) -> float:
         coalesced = RedisEngine(client, namespace=namespace, partitions=PARTITIONS, coalesce=True)
         await plain.mark_ready(0)
         await plain.receive(HOT, WH, MAX_QTY)
+        await run.make_room(round(ENGINE_RATE_BOUND * (1.0 + plan.engine_s)), 0)
         warm = await engine_load(plain, plan.callers, 1.0)  # connections, script cache
         async with RedisMeter(client) as base_meter:
             base = await engine_load(plain, plan.callers, plan.engine_s)
+        await run.make_room(round(ENGINE_RATE_BOUND * (1.0 + plan.engine_s)), 0)
         warm2 = await engine_load(coalesced, plan.callers, 1.0)
         async with RedisMeter(client) as best_meter:
             best = await engine_load(coalesced, plan.callers, plan.engine_s)
@@ -714,6 +732,7 @@ class WrkResult:
     worker_cpu_s: list[float] | None = None  # per worker, in the server's worker order
     worker_conns: list[int] | None = None  # wrk's connections each worker held mid-run
     box: BoxCpu | None = None  # where the machine's CPU went during the run
+    keys: list[int] | None = None  # Redis keys in the database before and after the run
 
     @property
     def rate(self) -> float:
@@ -962,10 +981,12 @@ def _server_env(db: str, namespace: str) -> dict[str, str]:
 async def reserve_wrk(
     run: Run, h: HttpEnv, server: Server, seconds: int, *, cpu: bool = True
 ) -> WrkResult:
+    await run.make_room(2 * HTTP_RATE_BOUND * seconds, HTTP_RATE_BOUND * seconds)
     redis_pid = int((await h.client.info("server"))["process_id"])
     groups = {"API workers": server.worker_pids, "writer": [h.writer.pid]}
     if _comm(redis_pid) == "redis-server":  # (a Redis on another machine: not counted)
         groups["Redis"] = [redis_pid]
+    keys_before = await h.client.dbsize()
     before = snapshot(groups)
     async with RedisMeter(h.client) as meter:
         result = await wrk(
@@ -982,6 +1003,7 @@ async def reserve_wrk(
     after = snapshot(groups)
     if before is not None and after is not None:
         result.box = after.since(before)
+    result.keys = [keys_before, await h.client.dbsize()]
     h.reserved_201 += result.statuses.get("201", 0)
     h.reserve_runs.append(result)
     return result
@@ -1433,6 +1455,8 @@ async def profile(run: Run, h: HttpEnv, server: Server) -> dict[str, Any]:
     argv = [pyspy, "record", "-f", "raw", "-o", str(out), "-d", str(seconds), "-r", "100"]
     argv += ["--native", "-p", str(server.worker_pids[0])]
     run.command(argv)
+    # Room first: py-spy starts 0.5 s after the load, which must be running by then.
+    await run.make_room(2 * HTTP_RATE_BOUND * (seconds + 2), HTTP_RATE_BOUND * (seconds + 2))
     load = asyncio.create_task(reserve_wrk(run, h, server, seconds + 2, cpu=False))
     try:
         await asyncio.sleep(0.5)
@@ -1514,10 +1538,17 @@ async def background(run: Run) -> None:
 
 async def measure(run: Run, only: set[str]) -> None:
     await background(run)
-    ceiling = await bench_redis(run) if "a" in only else None
-    engine_rate = await bench_engine(run, ceiling) if "b" in only else None
-    if "c" in only:
-        await bench_http(run)
+    client = connect(REDIS_URL)
+    run.headroom = Headroom(client, f"hbK{uuid.uuid4().hex[:8]}")
+    try:
+        ceiling = await bench_redis(run) if "a" in only else None
+        engine_rate = await bench_engine(run, ceiling) if "b" in only else None
+        if "c" in only:
+            await bench_http(run)
+    finally:
+        run.raw["keyspace"] = {"filler_keys": run.headroom.added, "log": run.headroom.log}
+        await client.aclose()
+        delete_namespace(run.headroom.namespace)
     if "e" in only:
         await bench_postgres(run, engine_rate)
 
