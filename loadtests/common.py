@@ -92,8 +92,8 @@ async def scratch_database() -> AsyncIterator[str]:
             await admin.close()
 
 
-def delete_namespace(namespace: str) -> None:
-    r = redis.Redis.from_url(REDIS_URL)
+def delete_namespace(namespace: str, url: str = REDIS_URL) -> None:
+    r = redis.Redis.from_url(url)
     try:
         batch = []
         for key in r.scan_iter(match=f"{namespace}:*", count=5000):
