@@ -272,3 +272,31 @@ async def test_a_busy_stream_is_committed_in_a_few_batches_within_the_linger(
         batches, waited = await _trickle(stack, {"linger_ms": 1_000, "linger_from": 1})
         assert batches <= 3
         assert waited < 1.0 + 0.5
+
+
+async def test_a_hot_partition_with_a_backlog_is_read_back_to_back_not_once_per_linger(
+    redis_url: str, database_url: str, namespace: str
+):
+    # One SKU, so one partition stream; each read takes at most batch / streams (10) of
+    # its entries. Lingering 1 s after each full read would take 10 s for 101 entries.
+    async with open_stack(redis_url, database_url, namespace) as stack:
+        e = stack.engine
+        sku, wh = new_id("s"), new_id("w")
+        await e.receive(sku, wh, 1_000)
+        for _ in range(100):
+            await e.reserve(ReserveRequest(new_id("r"), (Line(sku, 1, (wh,)),), ttl_ms=60_000))
+        streams = len(e.keys.all_streams())
+        writer = stack.writer(burst=False, batch=10 * streams, linger_ms=1_000, linger_from=1)
+        task = asyncio.create_task(writer.main())
+        try:
+            started = asyncio.get_running_loop().time()
+            for _ in range(500):
+                if writer.written == 101:
+                    break
+                await asyncio.sleep(0.01)
+            took = asyncio.get_running_loop().time() - started
+        finally:
+            writer.close()
+            await asyncio.wait_for(task, 1.5)
+        assert writer.written == 101
+        assert took < 2.0

@@ -12,9 +12,11 @@ nothing already in a stream is skipped. The loop:
    watermark), and ``XACK`` only after ``COMMIT``;
    Under load the next read waits until ``linger_ms`` after the previous one began:
    when a read brought at least ``linger_from`` entries but less than half a batch
-   (a backlog is read back to back; a light trickle, fewer entries per read, goes as
-   it comes). So a busy stream is committed in batches of hundreds instead of tens
-   of entries per transaction — each transaction costs Postgres a fixed share
+   and no stream gave its whole share of the read (``batch`` / streams entries: that
+   stream has more waiting) — a backlog is read back to back, also one in a single
+   hot partition; a light trickle, fewer entries per read, goes as it comes. So a
+   busy stream is committed in batches of hundreds instead of tens of entries per
+   transaction — each transaction costs Postgres a fixed share
    (statements, commit) that small batches pay per event. Under load it adds at most
    ``linger_ms`` to the lag (and so to what a Redis without persistence can lose);
 4. every ``trim_interval_ms``, trim each stream with ``MINID`` below both the committed
@@ -193,6 +195,7 @@ class StreamWriter:
         self.divergent: list[str] = []
         self._stop = asyncio.Event()
         self._backoff_s = 0.05
+        self.filled = False  # the last read gave some stream its whole share (_read)
         # The same connections without redis-py's reply parsing for the two stream reads:
         # entries arrive as flat lists of bytes, made into one dict each, nothing else.
         self._raw = Redis(connection_pool=redis.connection_pool)
@@ -253,7 +256,11 @@ class StreamWriter:
                     claimed = await self._retry_redis(self._claim)
                     next_claim = now + self.claim_idle_ms / 2000
                 read = await self._retry_redis(lambda: self._read(">", block=not self.burst))
-                busy = self.linger_from <= len(read) < self.batch // 2 and not self.burst
+                # A stream that filled its share of the read has more waiting: read again at
+                # once, else one hot partition could not drain faster than its share per
+                # linger (1,250 entries per 100 ms by default) whatever its rate.
+                busy = self.linger_from <= len(read) < self.batch // 2 and not self.filled
+                busy = busy and not self.burst
                 next_read = now + self.linger_ms / 1000 if busy else 0.0
                 parts = self._prepare(read) if read else None
                 inflight = await _settle(inflight)
@@ -286,8 +293,10 @@ class StreamWriter:
                 delay = min(delay * 2, 5.0)
 
     async def _read(self, start: str, *, block: bool) -> list[_Entry]:
-        args: list[Any] = ["GROUP", self.group, self.consumer]
-        args += ["COUNT", max(1, self.batch // len(self.streams))]
+        """Up to ``batch / streams`` entries of each stream; :attr:`filled` says whether
+        a stream gave that many (it may hold more, already waiting)."""
+        count = max(1, self.batch // len(self.streams))
+        args: list[Any] = ["GROUP", self.group, self.consumer, "COUNT", count]
         if block:
             args += ["BLOCK", self.block_ms]
         args += ["STREAMS", *self.streams, *[start] * len(self.streams)]
@@ -296,7 +305,9 @@ class StreamWriter:
         )
         entries: list[_Entry] = []
         append = entries.append
+        self.filled = False
         for stream_raw, items in _stream_replies(reply):
+            self.filled = self.filled or len(items) >= count
             stream = _s(stream_raw)
             partition = self.keys.stream_partition(stream)
             for stream_id, flat in items:
