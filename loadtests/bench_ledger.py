@@ -1,6 +1,7 @@
 """Benchmarks of the durable ledger: drain rate, lag under load, rehydrate at scale.
 
-    python -m loadtests.bench_ledger [--quick] [--only drain|lag|confirm|rehydrate] [--json FILE]
+    python -m loadtests.bench_ledger [--quick] [--only drain|hot|lag|confirm|rehydrate]
+                                     [--json FILE]
 
 Needs a Redis and a PostgreSQL (``ONHAND_BENCH_REDIS_URL``,
 ``ONHAND_BENCH_PG_ADMIN_URL``; defaults: the local servers). Works in its own Redis
@@ -52,12 +53,15 @@ from onhand.settings import Settings
 PARTITIONS = 16
 
 
-async def _synthetic_events(n_events: int, keys: Keys) -> list[tuple[str, dict[str, str]]]:
-    """Realistic events from the reference engine: receipts, holds, confirms, expiries."""
+async def _synthetic_events(
+    n_events: int, keys: Keys, n_skus: int = 2_000
+) -> list[tuple[str, dict[str, str]]]:
+    """Realistic events from the reference engine: receipts, holds, confirms, expiries
+    (of ``n_skus`` SKUs: with one, every event is in that SKU's partition stream)."""
     clock = ManualClock()
     mem = MemoryEngine(clock=clock)
     rng = random.Random(7)
-    skus = [f"S{i}" for i in range(2_000)]
+    skus = [f"S{i}" for i in range(n_skus)]
     whs = ("W1", "W2", "W3")
     for sku in skus:
         for wh in whs:
@@ -156,6 +160,55 @@ async def bench_drain(report: Report, n_events: int, batch: int = WRITER_BATCH) 
     finally:
         await client.aclose()
         delete_namespace(namespace)
+
+
+async def _running_drain(n_events: int, n_skus: int) -> float:
+    """Events/s at which a running writer (``main``, not burst: it lingers under load
+    as deployed) with the default settings persists ``n_events`` already in the
+    streams, of ``n_skus`` SKUs."""
+    namespace = f"bench{uuid.uuid4().hex[:8]}"
+    keys = Keys(namespace, PARTITIONS)
+    client = connect(REDIS_URL)
+    try:
+        async with scratch_database() as db:
+            store = await LedgerStore.open(asyncpg_dsn(db), min_size=4, max_size=4)
+            try:
+                await _fill_streams(client, await _synthetic_events(n_events, keys, n_skus))
+                gc.collect()
+                writer = StreamWriter(client, store, keys)
+                started = time.perf_counter()
+                task = asyncio.create_task(writer.main())
+                while writer.written < n_events:  # polled: the writer has no event for it
+                    if task.done():
+                        break
+                    await asyncio.sleep(0.005)
+                elapsed = time.perf_counter() - started
+                writer.close()
+                await task
+                assert writer.written == n_events, (writer.written, n_events)
+                return n_events / elapsed
+            finally:
+                await store.close()
+    finally:
+        await client.aclose()
+        delete_namespace(namespace)
+
+
+async def bench_hot_partition(report: Report, n_events: int) -> None:
+    """A sale of one SKU puts every event in one partition stream: how fast a running
+    writer drains that, next to the same number of events spread over all partitions."""
+    hot = await _running_drain(n_events, 1)
+    spread = await _running_drain(n_events, 2_000)
+    report.add(
+        "running writer, defaults: one hot partition drained at",
+        hot,
+        "events/s",
+        note="10,000 orders/s of one SKU, each confirmed, are 20,000 events/s in one stream",
+    )
+    report.add(
+        f"baseline: the same {n_events:,} events over {PARTITIONS} partitions", spread, "events/s"
+    )
+    report.add("one partition / spread", hot / spread, "x")
 
 
 def _backends_cpu_s(pids: list[int]) -> float:
@@ -499,7 +552,7 @@ async def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--only",
-        choices=("drain", "lag", "confirm", "rehydrate"),
+        choices=("drain", "hot", "lag", "confirm", "rehydrate"),
         help="run one benchmark (default: all)",
     )
     args = parser.parse_args(argv)
@@ -508,6 +561,8 @@ async def main(argv: list[str] | None = None) -> int:
     yardstick_ms = cpu_yardstick_ms()  # before the runs, on an idle process
     if args.only in (None, "drain"):
         await bench_drain(report, 50_000 if quick else 200_000, args.batch)
+    if args.only in (None, "hot"):
+        await bench_hot_partition(report, 50_000 if quick else 200_000)
     if args.only in (None, "lag"):
         await bench_lag(report, 10 if quick else 30, 32)
     if args.only in (None, "confirm"):
