@@ -98,100 +98,93 @@ WRITER_BATCH: int = Settings.model_fields["writer_batch"].default
 """The batch ``onhand writer`` reads by default (``ONHAND_WRITER_BATCH``)."""
 
 
-async def bench_drain(report: Report, n_events: int, batch: int = WRITER_BATCH) -> None:
-    """Drain ``n_events`` with the writer (``batch``: its largest read, by default what
-    ``onhand writer`` uses), then the bare insert of the same rows in chunks of
-    ``batch`` (the baseline)."""
+@asynccontextmanager
+async def _scratch_ledger() -> AsyncIterator[tuple[Keys, redis.asyncio.Redis, LedgerStore, str]]:
+    """(keys, client, store, database URL) of a new namespace and scratch database, the
+    store with every connection open from the start (their backends' CPU is read around
+    a drain: :func:`_backends_cpu_s`); all removed afterwards."""
     namespace = f"bench{uuid.uuid4().hex[:8]}"
-    keys = Keys(namespace, PARTITIONS)
     client = connect(REDIS_URL)
     try:
         async with scratch_database() as db:
-            # every connection open from the start: their backends' CPU is read around
-            # the drain (see _backends_cpu_s)
             store = await LedgerStore.open(asyncpg_dsn(db), min_size=4, max_size=4)
             try:
-                events = await _synthetic_events(n_events, keys)
-                await _fill_streams(client, events)
-                baseline, baseline_cpu_s = await _baseline(db, keys, events, batch)
-                # In production the writer is its own process (`onhand writer`): do not let
-                # the harness's 50,000+ parsed events stay alive for the writer's garbage
-                # collections to walk.
-                del events
-                gc.collect()
-                writer = StreamWriter(client, store, keys, batch=batch, burst=True, block_ms=10)
-                backends = [
-                    r[0]
-                    for r in await store.pool.fetch(
-                        "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-                    )
-                ]
-                backends_before = _backends_cpu_s(backends)
-                process_before = time.process_time()
-                started = time.perf_counter()
-                await writer.run()  # as `onhand writer` runs it (its GC settings too)
-                elapsed = time.perf_counter() - started
-                writer_cpu_s = time.process_time() - process_before
-                writer_cpu_s += _backends_cpu_s(backends) - backends_before
-                rate = writer.written / elapsed
-                report.add(
-                    f"writer drain rate (stream → Postgres, with projections; batch {batch:,})",
-                    rate,
-                    "events/s",
-                    "≥ 50,000",
-                    rate >= 50_000,
-                )
-                report.add(
-                    "baseline: bare COPY + INSERT ON CONFLICT of the same rows", baseline, "rows/s"
-                )
-                report.add("writer / baseline", 100 * rate / baseline, "%")
-                # Steadier than the rates on a shared box: what each costs, not what it got.
-                per_10k = 10_000 / n_events * 1000
-                report.add(
-                    "writer CPU per 10,000 events (its process + Postgres backends)",
-                    writer_cpu_s * per_10k,
-                    "ms",
-                )
-                report.add("baseline CPU per 10,000 rows (same)", baseline_cpu_s * per_10k, "ms")
-                report.add("writer CPU / baseline CPU", writer_cpu_s / baseline_cpu_s, "x")
-                assert writer.written == n_events, (writer.written, n_events)
+                yield Keys(namespace, PARTITIONS), client, store, db
             finally:
                 await store.close()
     finally:
         await client.aclose()
         delete_namespace(namespace)
+
+
+async def bench_drain(report: Report, n_events: int, batch: int = WRITER_BATCH) -> None:
+    """Drain ``n_events`` with the writer (``batch``: its largest read, by default what
+    ``onhand writer`` uses), then the bare insert of the same rows in chunks of
+    ``batch`` (the baseline)."""
+    async with _scratch_ledger() as (keys, client, store, db):
+        events = await _synthetic_events(n_events, keys)
+        await _fill_streams(client, events)
+        baseline, baseline_cpu_s = await _baseline(db, keys, events, batch)
+        # In production the writer is its own process (`onhand writer`): do not let
+        # the harness's 50,000+ parsed events stay alive for the writer's garbage
+        # collections to walk.
+        del events
+        gc.collect()
+        writer = StreamWriter(client, store, keys, batch=batch, burst=True, block_ms=10)
+        backends = [
+            r[0]
+            for r in await store.pool.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            )
+        ]
+        backends_before = _backends_cpu_s(backends)
+        process_before = time.process_time()
+        started = time.perf_counter()
+        await writer.run()  # as `onhand writer` runs it (its GC settings too)
+        elapsed = time.perf_counter() - started
+        writer_cpu_s = time.process_time() - process_before
+        writer_cpu_s += _backends_cpu_s(backends) - backends_before
+        rate = writer.written / elapsed
+        report.add(
+            f"writer drain rate (stream → Postgres, with projections; batch {batch:,})",
+            rate,
+            "events/s",
+            "≥ 50,000",
+            rate >= 50_000,
+        )
+        report.add("baseline: bare COPY + INSERT ON CONFLICT of the same rows", baseline, "rows/s")
+        report.add("writer / baseline", 100 * rate / baseline, "%")
+        # Steadier than the rates on a shared box: what each costs, not what it got.
+        per_10k = 10_000 / n_events * 1000
+        report.add(
+            "writer CPU per 10,000 events (its process + Postgres backends)",
+            writer_cpu_s * per_10k,
+            "ms",
+        )
+        report.add("baseline CPU per 10,000 rows (same)", baseline_cpu_s * per_10k, "ms")
+        report.add("writer CPU / baseline CPU", writer_cpu_s / baseline_cpu_s, "x")
+        assert writer.written == n_events, (writer.written, n_events)
 
 
 async def _running_drain(n_events: int, n_skus: int) -> float:
     """Events/s at which a running writer (``main``, not burst: it lingers under load
     as deployed) with the default settings persists ``n_events`` already in the
     streams, of ``n_skus`` SKUs."""
-    namespace = f"bench{uuid.uuid4().hex[:8]}"
-    keys = Keys(namespace, PARTITIONS)
-    client = connect(REDIS_URL)
-    try:
-        async with scratch_database() as db:
-            store = await LedgerStore.open(asyncpg_dsn(db), min_size=4, max_size=4)
-            try:
-                await _fill_streams(client, await _synthetic_events(n_events, keys, n_skus))
-                gc.collect()
-                writer = StreamWriter(client, store, keys)
-                started = time.perf_counter()
-                task = asyncio.create_task(writer.main())
-                while writer.written < n_events:  # polled: the writer has no event for it
-                    if task.done():
-                        break
-                    await asyncio.sleep(0.005)
-                elapsed = time.perf_counter() - started
-                writer.close()
-                await task
-                assert writer.written == n_events, (writer.written, n_events)
-                return n_events / elapsed
-            finally:
-                await store.close()
-    finally:
-        await client.aclose()
-        delete_namespace(namespace)
+    async with _scratch_ledger() as (keys, client, store, _):
+        await _fill_streams(client, await _synthetic_events(n_events, keys, n_skus))
+        gc.collect()
+        writer = StreamWriter(client, store, keys)
+        started = time.perf_counter()
+        task = asyncio.create_task(writer.main())
+        while writer.written < n_events:  # polled: the writer has no event for it
+            if task.done():
+                break
+            await asyncio.sleep(0.005)
+        elapsed = time.perf_counter() - started
+        writer.close()
+        await task
+        assert writer.written == n_events, (writer.written, n_events)
+        return n_events / elapsed
 
 
 async def bench_hot_partition(report: Report, n_events: int) -> None:
