@@ -25,15 +25,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import time
 import uuid
 from dataclasses import asdict, dataclass
 
-from redis.asyncio import Redis
-
-from loadtests.boxcpu import process_stat
+from loadtests.bench import RedisMeter
 from loadtests.common import REDIS_URL, delete_namespace
 from loadtests.keyspace import Headroom
 from onhand.domain import MAX_QTY, Line, ReserveRequest
@@ -60,34 +57,6 @@ class Run:
         return self.reservations / self.seconds
 
 
-class RedisClock:
-    """Redis's time: its process's CPU when it runs here, else its script time."""
-
-    def __init__(self, client: Redis) -> None:
-        self.client = client
-        self.pid: int | None = None
-
-    async def start(self) -> None:
-        pid = int((await self.client.info("server"))["process_id"])
-        stat = process_stat(pid)
-        self.pid = pid if stat is not None and stat[0] == "redis-server" else None
-
-    @property
-    def kind(self) -> str:
-        return "process CPU" if self.pid is not None else "script time (commandstats)"
-
-    async def read_s(self) -> float:
-        if self.pid is not None:
-            stat = process_stat(self.pid)
-            assert stat is not None
-            return (int(stat[1][11]) + int(stat[1][12])) / os.sysconf("SC_CLK_TCK")
-        info = await self.client.info("commandstats")
-        return (
-            sum(int(info.get(f"cmdstat_{c}", {}).get("usec", 0)) for c in ("fcall", "evalsha"))
-            / 1e6
-        )
-
-
 async def load(engine: RedisEngine, seconds: float) -> int:
     line, done = Line("HOT", 1, ("W1",)), 0
     stop = time.monotonic() + seconds
@@ -107,24 +76,17 @@ async def load(engine: RedisEngine, seconds: float) -> int:
     return done
 
 
-async def measured(
-    kind: str, bits: int, engine: RedisEngine, clock: RedisClock, seconds: float
-) -> Run:
+async def measured(kind: str, bits: int, engine: RedisEngine, seconds: float) -> Run:
     client = engine.client
     keys_before = await client.dbsize()
-    before, started = await clock.read_s(), time.perf_counter()
-    done = await load(engine, seconds)
-    used, wall = await clock.read_s() - before, time.perf_counter() - started
-    run = Run(
-        bits,
-        kind,
-        keys_before,
-        await client.dbsize(),
-        done,
-        wall,
-        1e6 * used / max(1, done),
-        clock.kind,
-    )
+    started = time.perf_counter()
+    async with RedisMeter(client) as meter:  # the bench's: process CPU if local
+        done = await load(engine, seconds)
+    wall, use = time.perf_counter() - started, meter.result()
+    by = "process CPU" if use.cpu_s is not None else "script time (commandstats)"
+    used_s = use.cpu_s if use.cpu_s is not None else use.usec / 1e6
+    keys_after = await client.dbsize()
+    run = Run(bits, kind, keys_before, keys_after, done, wall, 1e6 * used_s / max(1, done), by)
     print(
         f"  2^{bits} {kind:9s} keys {run.keys_before:>10,} → {run.keys_after:>10,}:"
         f" {run.rate:>8,.0f} reservations/s, Redis {run.redis_us:5.1f} µs each",
@@ -144,18 +106,16 @@ async def bench(bits_list: list[int], seconds: float, url: str = REDIS_URL) -> l
         engine = RedisEngine(client, namespace=namespace, partitions=16, coalesce=True)
         await engine.mark_ready(0)
         await engine.receive("HOT", "W1", MAX_QTY)
-        clock = RedisClock(client)
-        await clock.start()
         await load(engine, 1.0)  # connections, the function library
         for bits in sorted(bits_list):
             if await client.dbsize() > (1 << bits) - 1_000:
                 print(f"  2^{bits}: the keyspace is past it already; skipped", flush=True)
                 continue
             await headroom.add((1 << bits) - 1_000 - await client.dbsize())
-            runs.append(await measured("doubling", bits, engine, clock, seconds))
-            await headroom.ensure(round(RATE_BOUND * seconds), 0)
-            await headroom.settle()
-            runs.append(await measured("settled", bits, engine, clock, seconds))
+            runs.append(await measured("doubling", bits, engine, seconds))
+            if not await headroom.ensure(round(RATE_BOUND * seconds), 0):
+                await headroom.settle()  # (ensure settles what it fills)
+            runs.append(await measured("settled", bits, engine, seconds))
     finally:
         await client.aclose()
         delete_namespace(namespace, url)
