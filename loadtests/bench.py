@@ -42,7 +42,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -1302,9 +1302,14 @@ async def read_phase(run: Run, h: HttpEnv, server: Server, ping: WrkResult) -> N
         )
 
 
-async def bench_http(run: Run) -> None:
-    namespace = f"hbC{uuid.uuid4().hex[:8]}"
-    client = connect(REDIS_URL, max_connections=16)
+@contextlib.asynccontextmanager
+async def http_deployment(run: Run, client: Redis, prefix: str = "hbC") -> AsyncIterator[HttpEnv]:
+    """The scratch deployment the HTTP benchmarks drive: a Redis namespace (``prefix``
+    and a random tag) and a database of their own, migrated and opened by this checkout,
+    three API keys (admin, checkout, storefront) and a running ledger writer of this
+    checkout. On the way out the writer is stopped and the namespace and database are
+    removed."""
+    namespace = f"{prefix}{uuid.uuid4().hex[:8]}"
     try:
         async with scratch_database() as db:
             env = _server_env(db, namespace)
@@ -1312,36 +1317,47 @@ async def bench_http(run: Run) -> None:
             await onhand_command(run, env, "reopen")
             store = await LedgerStore.open(asyncpg_dsn(db), max_size=2)
             try:
-                await _http_with_store(run, env, namespace, store, client)
+                keystore = KeyStore(store.pool)
+                admin = (await keystore.create("bench-admin", ["admin"])).token
+                checkout = (
+                    await keystore.create(
+                        "checkout", ["reservations:write"], max_active_holds=MAX_QTY
+                    )
+                ).token
+                reader = (await keystore.create("storefront", ["availability:read"])).token
+                run.secrets.update(
+                    {admin: "$ADMIN_KEY", checkout: "$CHECKOUT_KEY", reader: "$READ_KEY"}
+                )
+                argv = [sys.executable, "-m", "onhand", "writer"]
+                run.command(argv)
+                with (run.tmp / "writer.log").open("wb") as out:
+                    writer = run.procs.start(
+                        argv, env=env, stdout=out, stderr=out, cwd=str(run.tmp)
+                    )
+                try:
+                    yield HttpEnv(env, namespace, store, client, writer, admin, checkout, reader)
+                finally:
+                    run.procs.stop(writer)
             finally:
                 await store.close()
     finally:
-        await client.aclose()
         delete_namespace(namespace)
 
 
-async def _http_with_store(
-    run: Run, env: dict[str, str], namespace: str, store: LedgerStore, client: Redis
-) -> None:
-    keystore = KeyStore(store.pool)
-    admin = (await keystore.create("bench-admin", ["admin"])).token
-    checkout = (
-        await keystore.create("checkout", ["reservations:write"], max_active_holds=MAX_QTY)
-    ).token
-    reader = (await keystore.create("storefront", ["availability:read"])).token
-    run.secrets.update({admin: "$ADMIN_KEY", checkout: "$CHECKOUT_KEY", reader: "$READ_KEY"})
-    argv = [sys.executable, "-m", "onhand", "writer"]
-    run.command(argv)
-    with (run.tmp / "writer.log").open("wb") as out:
-        writer = run.procs.start(argv, env=env, stdout=out, stderr=out, cwd=str(run.tmp))
-    h = HttpEnv(env, namespace, store, client, writer, admin, checkout, reader)
+async def bench_http(run: Run) -> None:
+    client = connect(REDIS_URL, max_connections=16)
     try:
-        one, ping1 = await phase_one_worker(run, h)
-        await phase_two_workers(run, h, one, ping1)
-        engine = RedisEngine(client, namespace=namespace, partitions=PARTITIONS)
-        held = (await engine.stock_level(HOT, WH)).held
+        async with http_deployment(run, client) as h:
+            await _http_phases(run, h)
     finally:
-        run.procs.stop(writer)
+        await client.aclose()
+
+
+async def _http_phases(run: Run, h: HttpEnv) -> None:
+    one, ping1 = await phase_one_worker(run, h)
+    await phase_two_workers(run, h, one, ping1)
+    engine = RedisEngine(h.client, namespace=h.namespace, partitions=PARTITIONS)
+    held = (await engine.stock_level(HOT, WH)).held
     slack = run.plan.http_conns * len(h.reserve_runs)
     run.add(
         "c. units held afterwards vs 201 answers (all reserve runs)",

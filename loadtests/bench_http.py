@@ -46,20 +46,15 @@ from loadtests.bench import (
     Processes,
     Run,
     WrkResult,
-    _server_env,
-    onhand_command,
+    http_deployment,
     reserve_wrk,
     seed_catalog,
     start_server,
 )
 from loadtests.bench_scripts import REPO, base_tree
-from loadtests.common import REDIS_URL, delete_namespace, scratch_database
+from loadtests.common import REDIS_URL, delete_namespace
 from loadtests.keyspace import Headroom
-from onhand.api.apikeys import KeyStore
-from onhand.domain import MAX_QTY
 from onhand.engine.redis import RedisEngine, connect
-from onhand.ledger.migrate import asyncpg_dsn
-from onhand.ledger.store import LedgerStore
 
 __all__ = ["Pair", "Summary", "main", "summarize"]
 
@@ -197,38 +192,18 @@ async def _libraries(client: Redis) -> set[str]:
 
 async def compare(opts: argparse.Namespace) -> dict[str, Any]:
     trees = {"base": base_tree(opts.base), "new": REPO}
-    namespace = f"hbH{uuid.uuid4().hex[:8]}"
     client = connect(REDIS_URL, max_connections=16)
     libraries = await _libraries(client)
     with tempfile.TemporaryDirectory(prefix="onhand-bench-http-") as tmp:
         run = Run(QUICK, Processes(), Path(tmp))
         run.headroom = Headroom(client, f"hbK{uuid.uuid4().hex[:8]}")
         try:
-            async with scratch_database() as db:
-                env = _server_env(db, namespace)
-                await onhand_command(run, env, "migrate")
-                await onhand_command(run, env, "reopen")
-                store = await LedgerStore.open(asyncpg_dsn(db), max_size=2)
-                try:
-                    keys = KeyStore(store.pool)
-                    admin = (await keys.create("bench-admin", ["admin"])).token
-                    checkout = await keys.create(
-                        "checkout", ["reservations:write"], max_active_holds=MAX_QTY
-                    )
-                    argv = [sys.executable, "-m", "onhand", "writer"]
-                    with (run.tmp / "writer.log").open("wb") as out:
-                        writer = run.procs.start(
-                            argv, env=env, stdout=out, stderr=out, cwd=str(run.tmp)
-                        )
-                    h = HttpEnv(env, namespace, store, client, writer, admin, checkout.token)
-                    pairs = await _rounds(run, h, trees, opts)
-                    engine = RedisEngine(client, namespace=namespace, partitions=PARTITIONS)
-                    held = (await engine.stock_level(HOT, WH)).held
-                finally:
-                    await store.close()
+            async with http_deployment(run, client, "hbH") as h:
+                pairs = await _rounds(run, h, trees, opts)
+                engine = RedisEngine(client, namespace=h.namespace, partitions=PARTITIONS)
+                held = (await engine.stock_level(HOT, WH)).held
         finally:
             run.procs.stop_all()
-            delete_namespace(namespace)
             delete_namespace(run.headroom.namespace)
             # The libraries the two servers loaded (each revision its own): theirs to
             # remove. (A process that still uses one reloads it on its next call.)
