@@ -27,7 +27,9 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import uuid
@@ -190,8 +192,9 @@ async def _libraries(client: Redis) -> set[str]:
     return names
 
 
-async def compare(opts: argparse.Namespace) -> dict[str, Any]:
-    trees = {"base": base_tree(opts.base), "new": REPO}
+async def compare(opts: argparse.Namespace, base: Path) -> dict[str, Any]:
+    """The rounds of ``opts`` with the base revision's tree at ``base``."""
+    trees = {"base": base, "new": REPO}
     client = connect(REDIS_URL, max_connections=16)
     libraries = await _libraries(client)
     with tempfile.TemporaryDirectory(prefix="onhand-bench-http-") as tmp:
@@ -234,8 +237,20 @@ def main(argv: list[str] | None = None) -> int:
     opts = parser.parse_args(argv)
     if opts.rounds < 1 or opts.seconds < 1 or opts.workers < 1:
         parser.error("--rounds, --seconds and --workers must be at least 1")
+    if shutil.which("wrk") is None:
+        print("bench_http: missing tools: wrk (Debian package wrk)", file=sys.stderr)
+        return 2
+    try:
+        base = base_tree(opts.base)
+    except subprocess.CalledProcessError as exc:
+        reason = exc.stderr.decode(errors="replace").strip()
+        print(f"bench_http: cannot export revision {opts.base!r}: {reason}", file=sys.stderr)
+        return 2
     print(f"load average before: {os.getloadavg()}", flush=True)
-    result = asyncio.run(compare(opts))
+    try:
+        result = asyncio.run(compare(opts, base))
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
     print(f"load average after: {os.getloadavg()}")
     if opts.json:
         Path(opts.json).write_text(json.dumps(result, indent=2))
