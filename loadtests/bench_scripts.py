@@ -34,10 +34,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import csv
 import importlib.util
 import io
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -66,13 +68,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def base_tree(ref: str) -> Path:
-    """``lua/`` and ``src/`` of revision ``ref`` in a new temporary directory."""
+    """``lua/`` and ``src/`` of revision ``ref`` in a new temporary directory, removed
+    when this process exits (or earlier by the caller)."""
     tar = subprocess.run(
         ["git", "-C", str(REPO), "archive", "--format=tar", ref, "lua", "src"],
         capture_output=True,
         check=True,
     ).stdout
     root = Path(tempfile.mkdtemp(prefix="onhand-base-"))
+    atexit.register(shutil.rmtree, root, True)
     with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
         archive.extractall(root, filter="data")
     return root
