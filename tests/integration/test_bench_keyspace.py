@@ -17,11 +17,19 @@ DEBUG = [("--enable-debug-command", "yes")]
 
 
 async def _tables(client: redis.asyncio.Redis) -> tuple[list[int], bool]:
-    """(table sizes of the keys and the TTL tables, whether any is being rehashed)."""
+    """(table sizes of the keys and the TTL tables, whether any is being rehashed).
+
+    Redis only: ``loadtests.keyspace`` models Redis's dict (power-of-two tables, moved
+    by incremental rehashing). Valkey 8 and later keep keys in a hashtable of their own
+    (``DEBUG HTSTATS`` gives bucket counts and a rehashing index on every table): the
+    test's premise does not hold there, so it is skipped (the suite falls back to
+    Valkey only where no ``redis-server`` is on PATH)."""
+    server = await client.info("server")
+    if "valkey_version" in server or server.get("server_name") == "valkey":
+        pytest.skip("Valkey's keyspace is not Redis's power-of-two dict (see docstring)")
     text = (await client.execute_command("DEBUG", "HTSTATS", "0")).decode()  # type: ignore[no-untyped-call]
-    if "[Dictionary HT]" not in text:
-        pytest.skip(f"this server's DEBUG HTSTATS reads differently: {text[:80]!r}")
     sizes = [int(n) for n in re.findall(r"table size: (\d+)", text)]
+    assert "[Dictionary HT]" in text and len(sizes) >= 2, text
     return sizes, "rehashing" in text
 
 
