@@ -58,7 +58,7 @@ from loadtests.common import REDIS_URL, delete_namespace
 from loadtests.keyspace import Headroom
 from onhand.engine.redis import RedisEngine, connect
 
-__all__ = ["Pair", "Summary", "main", "summarize"]
+__all__ = ["Pair", "Summary", "main", "onhand_libraries", "summarize"]
 
 VERSIONS = ("base", "new")
 WARM_UP_S = 2
@@ -182,7 +182,7 @@ async def _rounds(
     return pairs
 
 
-async def _libraries(client: Redis) -> set[str]:
+async def onhand_libraries(client: Redis) -> set[str]:
     """The names of the onhand function libraries loaded in Redis."""
     found = await client.function_list(library="onhand_*")
     names = set()
@@ -196,7 +196,7 @@ async def compare(opts: argparse.Namespace, base: Path) -> dict[str, Any]:
     """The rounds of ``opts`` with the base revision's tree at ``base``."""
     trees = {"base": base, "new": REPO}
     client = connect(REDIS_URL, max_connections=16)
-    libraries = await _libraries(client)
+    libraries = await onhand_libraries(client)
     with tempfile.TemporaryDirectory(prefix="onhand-bench-http-") as tmp:
         run = Run(QUICK, Processes(), Path(tmp))
         run.headroom = Headroom(client, f"hbK{uuid.uuid4().hex[:8]}")
@@ -210,7 +210,7 @@ async def compare(opts: argparse.Namespace, base: Path) -> dict[str, Any]:
             delete_namespace(run.headroom.namespace)
             # The libraries the two servers loaded (each revision its own): theirs to
             # remove. (A process that still uses one reloads it on its next call.)
-            for name in await _libraries(client) - libraries:
+            for name in await onhand_libraries(client) - libraries:
                 await client.function_delete(name)
             await client.aclose()
     summary = summarize(pairs)
