@@ -29,7 +29,7 @@ def test_a_fit_from_one_batch_size_is_refused_not_guessed():
 def test_the_report_compares_each_size_with_one_order_per_call_of_the_same_run():
     points = [Point(25, 46.0, 50.0), Point(1, 92.0, None)]
     text = report(points)
-    rows = [line for line in text.splitlines() if line.startswith("| 1") or line.startswith("| 25")]
+    rows = [line for line in text.splitlines() if line.startswith(("| 1", "| 25"))]
     assert rows == ["| 1 | 92.0 | n/a | 1.00 x |", "| 25 | 46.0 | 50.0 | 0.50 x |"]
     assert "a call's time = 47.9 µs + 44.1 µs per order" in text
 
