@@ -400,6 +400,16 @@ class RedisUse:
         return "n/a" if self.cpu_s is None else f"{100 * self.cpu_s / self.seconds:.0f}%"
 
 
+async def onhand_libraries(client: Redis) -> set[str]:
+    """The names of the onhand function libraries loaded in Redis."""
+    found = await client.function_list(library="onhand_*")
+    names = set()
+    for library in found:
+        fields = dict(zip(library[::2], library[1::2], strict=True))
+        names.add(fields[b"library_name"].decode())
+    return names
+
+
 class RedisMeter:
     def __init__(self, client: Redis) -> None:
         self.client = client

@@ -7,7 +7,7 @@ The checkout's one script call (``lua/hold.lua``, KEYS and ARGV exactly as the A
 them: ``loadtests.bench.hold_call``, one unit of one hot SKU, a new Idempotency-Key
 record, order and reservation each time) is sent ``n`` times per batch size, as the
 coalescer sends concurrent ones: one ``hold`` call per order, or ``hold_many`` calls of
-k orders (built by the coalescer's own ``_commands``). Rounds rotate the batch sizes'
+k orders (built by the coalescer's own ``batch_commands``). Rounds rotate the batch sizes'
 order. Measured per size: Redis's time per hold (``INFO commandstats``: wall time in the
 call, so it includes time the Redis thread was preempted) and, when the server runs on
 this machine, the Redis process's CPU per hold; printed as medians over the rounds,
@@ -38,12 +38,11 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from loadtests.bench import HOT, PARTITIONS, WH, RedisMeter, hold_call
-from loadtests.bench_http import onhand_libraries
+from loadtests.bench import HOT, PARTITIONS, WH, RedisMeter, hold_call, onhand_libraries
 from loadtests.common import REDIS_URL, delete_namespace
 from loadtests.keyspace import Headroom
 from onhand.domain import MAX_QTY
-from onhand.engine.coalesce import _commands
+from onhand.engine.coalesce import batch_commands
 from onhand.engine.redis import RedisEngine, connect
 from onhand.engine.scripts import ScriptFunction, Scripts
 
@@ -113,7 +112,7 @@ class HoldLoad:
 
     async def call(self, orders: int) -> None:
         batch: list[Any] = [(self.hold, *self._order(), None) for _ in range(orders)]
-        (command,) = _commands(batch)
+        (command,) = batch_commands(batch)
         keys, args = command.keys, command.args
         reply = await self.client.execute_command(  # type: ignore[no-untyped-call]
             "FCALL", command.function, len(keys), *keys, *args

@@ -37,8 +37,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from redis.asyncio import Redis
-
 from loadtests.bench import (
     HOT,
     PARTITIONS,
@@ -49,6 +47,7 @@ from loadtests.bench import (
     Run,
     WrkResult,
     http_deployment,
+    onhand_libraries,
     reserve_wrk,
     seed_catalog,
     start_server,
@@ -58,7 +57,7 @@ from loadtests.common import REDIS_URL, delete_namespace
 from loadtests.keyspace import Headroom
 from onhand.engine.redis import RedisEngine, connect
 
-__all__ = ["Pair", "Summary", "main", "onhand_libraries", "summarize"]
+__all__ = ["Pair", "Summary", "main", "summarize"]
 
 VERSIONS = ("base", "new")
 WARM_UP_S = 2
@@ -180,16 +179,6 @@ async def _rounds(
             )
         pairs.append(Pair(samples["base"], samples["new"]))
     return pairs
-
-
-async def onhand_libraries(client: Redis) -> set[str]:
-    """The names of the onhand function libraries loaded in Redis."""
-    found = await client.function_list(library="onhand_*")
-    names = set()
-    for library in found:
-        fields = dict(zip(library[::2], library[1::2], strict=True))
-        names.add(fields[b"library_name"].decode())
-    return names
 
 
 async def compare(opts: argparse.Namespace, base: Path) -> dict[str, Any]:

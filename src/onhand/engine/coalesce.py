@@ -36,7 +36,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from onhand.engine.scripts import ScriptFunction, function_missing
 
-__all__ = ["Coalescer", "pack_fcall"]
+__all__ = ["BATCHED", "BatchCommand", "Coalescer", "batch_commands", "pack_fcall"]
 
 _FCALL = b"*%d\r\n$5\r\nFCALL\r\n$%d\r\n%b\r\n$%d\r\n%d\r\n"
 _FCALL_TEXT = "*%d\r\n$5\r\nFCALL\r\n$%d\r\n%s\r\n$%d\r\n%d\r\n"
@@ -68,7 +68,7 @@ BATCHED = {"reserve": "reserve_many", "hold": "hold_many"}
 (each call's KEYS and ARGV as a block; see ``lua/reserve_many.lua``, ``lua/hold_many.lua``)."""
 
 
-class _Command(NamedTuple):
+class BatchCommand(NamedTuple):
     """One FCALL of a pipeline and the calls it answers."""
 
     function: str
@@ -78,7 +78,7 @@ class _Command(NamedTuple):
     batched: bool
 
 
-def _commands(batch: list[_Call]) -> list[_Command]:
+def batch_commands(batch: list[_Call]) -> list[BatchCommand]:
     """The FCALLs that carry ``batch``: each call as itself, except that two or more
     calls of a script with a batch form (:data:`BATCHED`) become one call of that form,
     placed where the first of them was."""
@@ -86,18 +86,18 @@ def _commands(batch: list[_Call]) -> list[_Command]:
     for call in batch:
         if call[0].name in BATCHED:
             groups.setdefault(call[0].name, []).append(call)
-    commands: list[_Command] = []
+    commands: list[BatchCommand] = []
     for call in batch:
         script, keys, args, _ = call
         group = groups.get(script.name)
         if group is None or len(group) == 1:
-            commands.append(_Command(script.function, keys, args, [call], False))
+            commands.append(BatchCommand(script.function, keys, args, [call], False))
         elif group[0] is call:
             head = [str(len(group))]
             for _, k, a, _ in group:
                 head += (str(len(k)), str(len(a)))
             commands.append(
-                _Command(
+                BatchCommand(
                     script.sibling(BATCHED[script.name]).function,
                     [key for _, k, _, _ in group for key in k],
                     head + [arg for _, _, a, _ in group for arg in a],
@@ -173,7 +173,7 @@ class Coalescer:
     async def _send(self, batch: list[_Call]) -> None:
         try:
             try:
-                commands = _commands(batch)
+                commands = batch_commands(batch)
                 payload = b"".join(pack_fcall(c.function, c.keys, c.args) for c in commands)
                 replies = await self._roundtrip(payload, len(commands))
             except BaseException as exc:  # the connection failed: every call shares it
