@@ -9,11 +9,14 @@ import shutil
 import pytest
 
 from onhand.domain import Line, ReservationStatus, ReserveRequest, SkuPolicy
+from onhand.engine.redis import RedisEngine
 from onhand.errors import EngineNotReady, EngineUnavailable, InsufficientStock
+from onhand.ledger import reconcile as reconcile_module
 from onhand.ledger.barrier import DurableConfirms
 from onhand.ledger.fencing import Verdict, verify_and_reopen
 from onhand.ledger.reconcile import fix, reconcile
 from onhand.ledger.rehydrate import RedisNotEmpty, ledger_state, rehydrate
+from onhand.state import RecordState
 from tests.integration.ledger_support import Stack, open_stack
 from tests.integration.support import new_id
 from tests.servers import RedisServer
@@ -191,6 +194,49 @@ async def test_reconcile_reports_injected_drift_exactly_and_fix_repairs_it(
         await stack.drain()  # the correction is a movement too
         assert await reconcile(stack.engine, stack.store, wait_ms=2_000) == []
         assert await stack.fetchval("SELECT count(*) FROM movements WHERE type = 'reconciled'") == 1
+
+
+@pytest.mark.parametrize("change", ["release", "receive-new-record"])
+@pytest.mark.parametrize("when", ["before", "after"])
+async def test_a_change_committed_while_reconcile_reads_is_not_reported_as_drift(
+    redis_url: str,
+    database_url: str,
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
+    change: str,
+    when: str,
+):
+    # Live traffic (the reaper, checkouts) moves a record and the writer commits it
+    # just before or just after reconcile reads Redis, so between its read of Redis and
+    # its read of the ledger: that is lag at most, never Redis behind or missing.
+    async with open_stack(redis_url, database_url, namespace) as stack:
+        sku, _, rids = await _workload(stack)
+        await stack.drain()
+        read_redis = reconcile_module.redis_records
+        pending = [True]
+
+        async def commit_a_change() -> None:
+            if change == "release":
+                await stack.engine.release(rids[4])
+            else:
+                await stack.engine.receive(sku, new_id("w"), 4)
+            await stack.drain()
+
+        async def read_with_a_change_beside(
+            engine: RedisEngine, progress: reconcile_module.ProgressFn
+        ) -> dict[tuple[str, str], RecordState]:
+            if pending and when == "before":
+                pending.clear()
+                await commit_a_change()
+            records = await read_redis(engine, progress)
+            if pending:
+                pending.clear()
+                await commit_a_change()
+            return records
+
+        monkeypatch.setattr(reconcile_module, "redis_records", read_with_a_change_beside)
+        assert await reconcile(stack.engine, stack.store, wait_ms=2_000) == []
+        assert not pending  # the change did happen during the reconcile
 
 
 async def test_a_confirm_that_postgres_did_not_take_is_not_acknowledged(

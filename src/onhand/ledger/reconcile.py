@@ -5,6 +5,8 @@ movement carries the version it produced, so the two can be compared without
 stopping traffic: at equal versions the levels must be identical (any difference is
 drift); a Redis record ahead of the ledger is lag — wait until the writer commits
 up to it (bounded by ``wait_ms``); a ledger ahead of Redis means Redis lost changes.
+The ledger is read before Redis, so under traffic a record can only look ahead in
+Redis (lag), never behind: a ``redis-behind`` or ``missing-in-redis`` is real.
 
 ``fix`` repairs Redis from the ledger: each drifted record is set to the ledger's
 levels through ``repair.lua`` (guarded by the version compared) and the correction is
@@ -119,8 +121,11 @@ async def reconcile(
     are reported with kind ``lag``."""
     deadline = time.monotonic() + wait_ms / 1000
     while True:
+        # The ledger first: it only ever follows Redis, so a change committed between
+        # the two reads shows as lag (waited for) and never as Redis behind or missing.
+        ledger = await _ledger_records(store)
         redis = await redis_records(engine, progress)
-        drifts, lagging = _compare(redis, await _ledger_records(store))
+        drifts, lagging = _compare(redis, ledger)
         if not lagging or time.monotonic() >= deadline:
             return drifts + lagging
         await asyncio.sleep(0.1)
