@@ -39,7 +39,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from loadtests.bench import HOT, PARTITIONS, WH, RedisMeter, hold_call, onhand_libraries
-from loadtests.common import REDIS_URL, delete_namespace
+from loadtests.common import REDIS_URL, delete_namespace, fixed_and_per_unit
 from loadtests.keyspace import Headroom
 from onhand.domain import MAX_QTY
 from onhand.engine.coalesce import batch_commands
@@ -63,16 +63,7 @@ class Point:
 def fit(points: Sequence[Point]) -> tuple[float, float]:
     """Least-squares ``call time = fixed + per_order * orders`` over ``points`` (at
     least two batch sizes): ``(fixed, per_order)`` in µs."""
-    sizes = {p.orders for p in points}
-    if len(sizes) < 2:
-        raise ValueError("a fit needs at least two batch sizes")
-    xs = [float(p.orders) for p in points]
-    ys = [p.usec_per_hold * p.orders for p in points]  # time per call
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum(
-        (x - mx) ** 2 for x in xs
-    )
-    return my - slope * mx, slope
+    return fixed_and_per_unit([(p.orders, p.usec_per_hold) for p in points])
 
 
 def report(points: Sequence[Point]) -> str:

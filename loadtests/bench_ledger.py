@@ -1,7 +1,7 @@
 """Benchmarks of the durable ledger: drain rate, lag under load, rehydrate at scale.
 
-    python -m loadtests.bench_ledger [--quick] [--only drain|hot|lag|confirm|rehydrate]
-                                     [--json FILE]
+    python -m loadtests.bench_ledger [--quick] [--json FILE]
+                                     [--only drain|hot|tx|lag|confirm|rehydrate]
 
 Needs a Redis and a PostgreSQL (``ONHAND_BENCH_REDIS_URL``,
 ``ONHAND_BENCH_PG_ADMIN_URL``; defaults: the local servers). Works in its own Redis
@@ -18,6 +18,7 @@ import json
 import os
 import random
 import resource
+import statistics
 import sys
 import time
 import uuid
@@ -33,6 +34,7 @@ from loadtests.common import (
     Report,
     cpu_yardstick_ms,
     delete_namespace,
+    fixed_and_per_unit,
     machine,
     percentile,
     scratch_database,
@@ -54,14 +56,15 @@ PARTITIONS = 16
 
 
 async def _synthetic_events(
-    n_events: int, keys: Keys, n_skus: int = 2_000
+    n_events: int, keys: Keys, n_skus: int = 2_000, tag: str = ""
 ) -> list[tuple[str, dict[str, str]]]:
     """Realistic events from the reference engine: receipts, holds, confirms, expiries
-    (of ``n_skus`` SKUs: with one, every event is in that SKU's partition stream)."""
+    (of ``n_skus`` SKUs: with one, every event is in that SKU's partition stream). The
+    same ``tag`` gives the same events; another tag, other SKU and reservation ids."""
     clock = ManualClock()
     mem = MemoryEngine(clock=clock)
     rng = random.Random(7)
-    skus = [f"S{i}" for i in range(n_skus)]
+    skus = [f"{tag}S{i}" for i in range(n_skus)]
     whs = ("W1", "W2", "W3")
     for sku in skus:
         for wh in whs:
@@ -69,7 +72,7 @@ async def _synthetic_events(
     n = 0
     while len(mem._log) < n_events:
         n += 1
-        rid = f"r{n}"
+        rid = f"{tag}r{n}"
         sku = rng.choice(skus)
         await mem.reserve(ReserveRequest(rid, (Line(sku, rng.randint(1, 3), whs, True),), 60_000))
         roll = rng.random()
@@ -202,6 +205,80 @@ async def bench_hot_partition(report: Report, n_events: int) -> None:
         f"baseline: the same {n_events:,} events over {PARTITIONS} partitions", spread, "events/s"
     )
     report.add("one partition / spread", hot / spread, "x")
+
+
+TX_SIZES = (100, 300, 1_000, 3_000)
+"""Events per writer transaction measured by :func:`bench_per_transaction`; under the
+default linger a busy stream commits a few hundred per transaction."""
+
+
+def split_per_transaction(samples: dict[int, list[float]]) -> tuple[float, float]:
+    """Least-squares ``CPU per transaction = fixed + per_event * events`` over
+    ``samples`` (events per transaction -> CPU µs per event, one value per round; at
+    least two sizes): ``(fixed ms per transaction, µs per event)``."""
+    fixed_us, per_event = fixed_and_per_unit(
+        [(n, us) for n, values in samples.items() for us in values]
+    )
+    return fixed_us / 1000, per_event
+
+
+async def bench_per_transaction(report: Report, n_events: int, rounds: int) -> None:
+    """The ledger's CPU per event (the writer's process and its Postgres backends) by
+    events per transaction, for a sale of one SKU (every event in one partition
+    stream, as in ``loadtests.bench`` (c)). Each size drains ``n_events`` new events in
+    transactions of that size (the writer's read of one stream); sizes alternate
+    order over ``rounds``; the largest is the baseline. The split into a part per
+    transaction and a part per event says what a longer writer linger could save."""
+    samples: dict[int, list[float]] = {n: [] for n in TX_SIZES}
+    parts: dict[int, list[tuple[float, float]]] = {n: [] for n in TX_SIZES}
+    async with _scratch_ledger() as (keys, client, store, _):
+        backends = [
+            r[0]
+            for r in await store.pool.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            )
+        ]
+        for rnd in range(rounds):
+            for n in TX_SIZES if rnd % 2 == 0 else TX_SIZES[::-1]:
+                events = await _synthetic_events(n_events, keys, 1, tag=f"r{rnd}n{n}")
+                await _fill_streams(client, events)
+                del events
+                gc.collect()
+                # batch / streams entries of each stream per read: n per transaction
+                writer = StreamWriter(
+                    client, store, keys, batch=n * PARTITIONS, burst=True, block_ms=10
+                )
+                pg_before, py_before = _backends_cpu_s(backends), time.process_time()
+                await writer.run()
+                py_us = (time.process_time() - py_before) / n_events * 1e6
+                pg_us = (_backends_cpu_s(backends) - pg_before) / n_events * 1e6
+                assert writer.written == n_events, (writer.written, n_events)
+                samples[n].append(py_us + pg_us)
+                parts[n].append((py_us, pg_us))
+    base_n = TX_SIZES[-1]
+    base = statistics.median(samples[base_n])
+    for n in TX_SIZES:
+        us = statistics.median(samples[n])
+        py = statistics.median(p for p, _ in parts[n])
+        pg = statistics.median(g for _, g in parts[n])
+        report.add(
+            f"ledger CPU per event, {n:,} events per transaction (one SKU)",
+            us,
+            "µs",
+            note=f"{us / base:.2f} x {base_n:,} per transaction; writer {py:.1f} + "
+            f"Postgres {pg:.1f} µs; median of {rounds}",
+        )
+    fixed_ms, per_event_us = split_per_transaction(samples)
+    linger_ms = Settings.model_fields["writer_linger_ms"].default
+    at_target = 10_000 * linger_ms // 1000  # events per transaction at 10,000/s
+    report.add(
+        "ledger CPU per transaction (least-squares split)",
+        fixed_ms,
+        "ms",
+        note=f"+ {per_event_us:.1f} µs per event; at 10,000 events/s and the default "
+        f"{linger_ms} ms linger ({at_target:,} per transaction) the fixed part is "
+        f"{fixed_ms * 1000 / at_target:.1f} µs per event",
+    )
 
 
 def _backends_cpu_s(pids: list[int]) -> float:
@@ -545,7 +622,7 @@ async def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--only",
-        choices=("drain", "hot", "lag", "confirm", "rehydrate"),
+        choices=("drain", "hot", "tx", "lag", "confirm", "rehydrate"),
         help="run one benchmark (default: all)",
     )
     args = parser.parse_args(argv)
@@ -556,6 +633,8 @@ async def main(argv: list[str] | None = None) -> int:
         await bench_drain(report, 50_000 if quick else 200_000, args.batch)
     if args.only in (None, "hot"):
         await bench_hot_partition(report, 50_000 if quick else 200_000)
+    if args.only in (None, "tx"):
+        await bench_per_transaction(report, 20_000 if quick else 50_000, 2 if quick else 3)
     if args.only in (None, "lag"):
         await bench_lag(report, 10 if quick else 30, 32)
     if args.only in (None, "confirm"):

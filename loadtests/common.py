@@ -34,6 +34,18 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def fixed_and_per_unit(points: list[tuple[int, float]]) -> tuple[float, float]:
+    """Least-squares ``cost of a call = fixed + per_unit * units`` over ``points`` of
+    (units in a call, cost per unit), at least two sizes: ``(fixed, per_unit)`` in the
+    points' cost unit. (A batch's cost split into its part per call and per item.)"""
+    if len({units for units, _ in points}) < 2:
+        raise ValueError("a split needs at least two sizes")
+    per_unit, fixed = statistics.linear_regression(
+        [float(units) for units, _ in points], [cost * units for units, cost in points]
+    )
+    return fixed, per_unit
+
+
 YARDSTICK_ADDS = 1_000_000
 
 
