@@ -103,8 +103,9 @@ async def test_applying_batches_reads_the_ledger_by_key_after_it_grew_from_empty
 
 
 def _mixed_batch(n: int) -> Staged:
-    """``n`` new one-line reservations, every other one confirmed in the same batch (a
-    busy checkout: what one writer transaction holds under load)."""
+    """``n`` new one-line reservations, every other one confirmed and every fifth
+    extended in the same batch (a busy checkout: what one writer transaction holds
+    under load)."""
     entries: list[tuple[int, str, list[bytes]]] = []
     at_ms = 1_700_000_000_000
     for i in range(n):
@@ -119,6 +120,11 @@ def _mixed_batch(n: int) -> Staged:
                 Event(f"s:S:W:{2 * i + 2}", EventType.CONFIRMED, at_ms + i, "S", "W",
                       d_held=-1, d_committed=1, committed=1, version=2 * i + 2,
                       reservation_id=rid, line=0),
+            )  # fmt: skip
+        if i % 5 == 0:
+            events.append(
+                Event(f"x:{rid}:1", EventType.EXTENDED, at_ms + i, "S", "W", version=1,
+                      reservation_id=rid, deadline_ms=at_ms + 2),
             )  # fmt: skip
         for e in events:
             flat = [x.encode() for kv in e.to_fields().items() for x in kv]
@@ -156,6 +162,7 @@ async def test_the_writer_never_compares_every_pair_of_a_batchs_rows(
     # size): the join of a batch's new reservations with its resolutions was planned as
     # a nested loop over both, 550,000 comparisons for a batch of 1,500 entries.
     plans = await store.staged_plans(_mixed_batch(reservations))
-    assert len(plans) >= 8  # every statement of the batch was planned
+    assert len(plans) == 9  # two locks, levels, allocations, watermarks, movements,
+    # reservations, statuses, extensions: every statement the batch needs was planned
     for plan in plans:
         assert _pairwise(plan["Plan"]) == []
