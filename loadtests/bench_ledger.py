@@ -341,7 +341,9 @@ async def _ledger_under_load(
     concurrency: int, pool_size: int
 ) -> AsyncIterator[tuple[RedisEngine, LedgerStore, redis.asyncio.Redis, list[str]]]:
     """A namespace with 1,000 SKUs of ample stock, a scratch database, and ``onhand
-    writer`` draining them as its own process (as deployed); removed afterwards."""
+    writer`` draining them as its own process (as deployed), entered once the writer
+    has committed the set-up's receipts (a measurement starts with a running writer,
+    not with its start-up); removed afterwards."""
     namespace = f"bench{uuid.uuid4().hex[:8]}"
     client = connect(REDIS_URL, max_connections=concurrency + 8)
     try:
@@ -371,6 +373,7 @@ async def _ledger_under_load(
                 stderr=asyncio.subprocess.DEVNULL,
             )
             try:
+                await _writer_caught_up(client, store, engine.keys, writer)
                 yield engine, store, client, skus
             finally:
                 writer.terminate()
@@ -379,6 +382,23 @@ async def _ledger_under_load(
     finally:
         await client.aclose()
         delete_namespace(namespace)
+
+
+async def _writer_caught_up(
+    client: redis.asyncio.Redis,
+    store: LedgerStore,
+    keys: Keys,
+    writer: asyncio.subprocess.Process,
+    timeout_s: float = 120.0,
+) -> None:
+    """Wait until ``writer`` has committed everything in the streams (lag 0)."""
+    deadline = time.monotonic() + timeout_s
+    while await _lag_seconds(client, store, keys) > 0:
+        if writer.returncode is not None:
+            raise RuntimeError(f"onhand writer exited ({writer.returncode}) while starting")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"onhand writer did not catch up within {timeout_s:.0f} s")
+        await asyncio.sleep(0.05)
 
 
 async def bench_lag(report: Report, seconds: float, concurrency: int) -> None:
@@ -404,7 +424,7 @@ async def bench_lag(report: Report, seconds: float, concurrency: int) -> None:
         lags: list[float] = []
 
         async def sample() -> None:
-            await asyncio.sleep(1.0)  # let the writer start
+            await asyncio.sleep(1.0)  # let the load reach its pace
             while time.monotonic() < stop:
                 lags.append(await _lag_seconds(client, store, engine.keys))
                 await asyncio.sleep(0.1)
