@@ -134,12 +134,7 @@ async def bench_drain(report: Report, n_events: int, batch: int = WRITER_BATCH) 
         del events
         gc.collect()
         writer = StreamWriter(client, store, keys, batch=batch, burst=True, block_ms=10)
-        backends = [
-            r[0]
-            for r in await store.pool.fetch(
-                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-            )
-        ]
+        backends = await _backend_pids(store)
         backends_before = _backends_cpu_s(backends)
         process_before = time.process_time()
         started = time.perf_counter()
@@ -229,15 +224,9 @@ async def bench_per_transaction(report: Report, n_events: int, rounds: int) -> N
     transactions of that size (the writer's read of one stream); sizes alternate
     order over ``rounds``; the largest is the baseline. The split into a part per
     transaction and a part per event says what a longer writer linger could save."""
-    samples: dict[int, list[float]] = {n: [] for n in TX_SIZES}
-    parts: dict[int, list[tuple[float, float]]] = {n: [] for n in TX_SIZES}
+    parts: dict[int, list[tuple[float, float]]] = {n: [] for n in TX_SIZES}  # (writer, pg)
     async with _scratch_ledger() as (keys, client, store, _):
-        backends = [
-            r[0]
-            for r in await store.pool.fetch(
-                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-            )
-        ]
+        backends = await _backend_pids(store)
         for rnd in range(rounds):
             for n in TX_SIZES if rnd % 2 == 0 else TX_SIZES[::-1]:
                 events = await _synthetic_events(n_events, keys, 1, tag=f"r{rnd}n{n}")
@@ -253,8 +242,8 @@ async def bench_per_transaction(report: Report, n_events: int, rounds: int) -> N
                 py_us = (time.process_time() - py_before) / n_events * 1e6
                 pg_us = (_backends_cpu_s(backends) - pg_before) / n_events * 1e6
                 assert writer.written == n_events, (writer.written, n_events)
-                samples[n].append(py_us + pg_us)
                 parts[n].append((py_us, pg_us))
+    samples = {n: [py + pg for py, pg in values] for n, values in parts.items()}
     base_n = TX_SIZES[-1]
     base = statistics.median(samples[base_n])
     for n in TX_SIZES:
@@ -279,6 +268,15 @@ async def bench_per_transaction(report: Report, n_events: int, rounds: int) -> N
         f"{linger_ms} ms linger ({at_target:,} per transaction) the fixed part is "
         f"{fixed_ms * 1000 / at_target:.1f} µs per event",
     )
+
+
+async def _backend_pids(store: LedgerStore) -> list[int]:
+    """The pids of the Postgres backends serving the scratch database (the store's
+    connections, all open from the start: :func:`_scratch_ledger`)."""
+    rows = await store.pool.fetch(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+    )
+    return [r[0] for r in rows]
 
 
 def _backends_cpu_s(pids: list[int]) -> float:
